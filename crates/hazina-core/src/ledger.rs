@@ -1,0 +1,734 @@
+//! The ledger: partitions, and the deterministic application of a batch across them.
+//!
+//! Applying a batch has four steps:
+//! 1. **Expire** every hold whose expiry is at or before the batch timestamp (serial, in partition
+//!    order; releases commute, so the order cannot change the result).
+//! 2. **Plan**: group the commands into units (single commands and linked chains) and give each
+//!    unit the set (mask) of partitions it may touch, including the partitions of any earlier
+//!    command whose result it reads (a resubmitted id, the hold it posts).
+//! 3. **Execute** the units. Serially in batch order, or in parallel: each worker owns some
+//!    partitions and walks, in batch order, the units that touch them; a unit that touches
+//!    several workers' partitions waits until all of them reach it, and the last to arrive
+//!    runs it. Two units that share a partition therefore run in batch order, and two that share
+//!    none touch disjoint state, so the outcome equals the serial one (see
+//!    `docs/adr/0001-partitioned-deterministic-execution.md`).
+//! 4. **Record**: each partition records the batch's new transfers whose ids it owns and the
+//!    final state of the holds posted or voided.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, Ordering};
+
+use crossbeam_utils::Backoff;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::ResultCode;
+use crate::command::{Account, Command, Transfer};
+use crate::exec::{BatchCtx, NONE, ShardAccess, Undo, Unit, execute_unit};
+use crate::shard::{FastMap, Key, Shard, TransferShard, digest_of, fast_map, partition_of};
+use crate::types::{HoldState, LimitProfile, LimitProfileId, Timestamp};
+
+/// The most partitions a ledger can have: a unit's partitions are a 64-bit mask.
+pub const PARTITIONS_MAX: usize = 64;
+
+/// Sizing and limits of a ledger. Only `partitions` shapes memory; `threads` and
+/// `parallel_batch_min` change speed, never results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Partitions the accounts are spread over (1 to [`PARTITIONS_MAX`]).
+    pub partitions: usize,
+    /// Worker threads that apply a large batch (1 to `partitions`); 1 applies on the caller.
+    pub threads: usize,
+    /// Batches with fewer commands than this are applied on the calling thread.
+    pub parallel_batch_min: usize,
+    /// The most commands in one batch.
+    pub batch_commands_max: usize,
+    /// The most accounts the ledger will hold; a batch that could pass it is refused whole.
+    pub accounts_max: usize,
+    /// The most pending holds one account may have as debit account.
+    pub holds_per_account_max: u16,
+    /// The most limit profiles, besides the built-in profile 0.
+    pub limit_profiles_max: usize,
+    /// Accounts to reserve memory for up front, over all partitions.
+    pub accounts_capacity: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> LedgerConfig {
+        LedgerConfig {
+            partitions: 1,
+            threads: 1,
+            parallel_batch_min: 512,
+            batch_commands_max: 8_192,
+            accounts_max: 100_000_000,
+            holds_per_account_max: 32,
+            limit_profiles_max: 1_024,
+            accounts_capacity: 0,
+        }
+    }
+}
+
+/// A batch that cannot be applied. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    BatchTooLarge {
+        commands: usize,
+        max: usize,
+    },
+    /// Batch timestamps must increase: each command is stamped `timestamp + index`, after the
+    /// last stamp of the previous batch.
+    TimestampNotIncreasing {
+        timestamp: Timestamp,
+        last: Timestamp,
+    },
+    TimestampOverflow,
+    /// The batch creates accounts that could take the ledger past `accounts_max`.
+    AccountsFull {
+        accounts: usize,
+        creating: usize,
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::BatchTooLarge { commands, max } => {
+                write!(
+                    f,
+                    "batch of {commands} commands exceeds the maximum of {max}"
+                )
+            }
+            ApplyError::TimestampNotIncreasing { timestamp, last } => {
+                write!(
+                    f,
+                    "batch timestamp {timestamp} is not after the last one, {last}"
+                )
+            }
+            ApplyError::TimestampOverflow => write!(f, "batch timestamps would overflow"),
+            ApplyError::AccountsFull {
+                accounts,
+                creating,
+                max,
+            } => write!(
+                f,
+                "ledger holds {accounts} accounts; creating up to {creating} more could pass the \
+                 maximum of {max}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+/// A configuration that cannot make a ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid ledger configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Per-batch working memory, kept between batches to avoid allocating on the hot path.
+#[derive(Debug, Default)]
+struct Scratch {
+    first: Vec<u32>,
+    pending_ref: Vec<u32>,
+    masks: Vec<u64>,
+    units: Vec<Unit>,
+    results: Vec<AtomicU16>,
+    ids: Option<FastMap<Key, u32>>,
+    out: Vec<ResultCode>,
+    undo: Vec<Undo>,
+}
+
+/// The ledger state machine. See the crate documentation.
+#[derive(Debug)]
+pub struct Ledger {
+    config: LedgerConfig,
+    shards: Vec<Mutex<Shard>>,
+    transfers: Vec<TransferShard>,
+    /// The canonical limit profiles (each partition holds a copy for its own reads).
+    profiles: BTreeMap<LimitProfileId, LimitProfile>,
+    accounts_count: usize,
+    /// The stamp of the last command applied, or of the last (empty) batch.
+    timestamp_last: Timestamp,
+    scratch: Scratch,
+}
+
+impl Ledger {
+    pub fn new(config: LedgerConfig) -> Result<Ledger, ConfigError> {
+        if config.partitions == 0 || config.partitions > PARTITIONS_MAX {
+            return Err(ConfigError(format!(
+                "partitions must be 1 to {PARTITIONS_MAX}, not {}",
+                config.partitions
+            )));
+        }
+        if config.threads == 0 || config.threads > config.partitions {
+            return Err(ConfigError(format!(
+                "threads must be 1 to partitions ({}), not {}",
+                config.partitions, config.threads
+            )));
+        }
+        if config.batch_commands_max == 0 || config.batch_commands_max >= NONE as usize {
+            return Err(ConfigError(
+                "batch_commands_max must be 1 to 2^32 - 2".into(),
+            ));
+        }
+        if config.accounts_max / config.partitions >= u32::MAX as usize / 2 {
+            return Err(ConfigError(
+                "accounts_max is too large for u32 account slots".into(),
+            ));
+        }
+        let per_partition = config.accounts_capacity.div_ceil(config.partitions);
+        let shards = (0..config.partitions)
+            .map(|_| Mutex::new(Shard::new(per_partition)))
+            .collect();
+        let transfers = (0..config.partitions)
+            .map(|_| TransferShard::new())
+            .collect();
+        let mut profiles = BTreeMap::new();
+        profiles.insert(0, LimitProfile::UNLIMITED);
+        Ok(Ledger {
+            config,
+            shards,
+            transfers,
+            profiles,
+            accounts_count: 0,
+            timestamp_last: 0,
+            scratch: Scratch::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    /// Applies a batch at `timestamp`, returning one result per command, in order.
+    pub fn apply(
+        &mut self,
+        timestamp: Timestamp,
+        commands: &[Command],
+    ) -> Result<Vec<ResultCode>, ApplyError> {
+        let mut results = Vec::with_capacity(commands.len());
+        self.apply_into(timestamp, commands, &mut results)?;
+        Ok(results)
+    }
+
+    /// As [`Ledger::apply`], writing the results into `results` (cleared first).
+    pub fn apply_into(
+        &mut self,
+        timestamp: Timestamp,
+        commands: &[Command],
+        results: &mut Vec<ResultCode>,
+    ) -> Result<(), ApplyError> {
+        results.clear();
+        self.check_batch(timestamp, commands)?;
+        self.expire_holds(timestamp);
+        self.plan(commands);
+
+        let Ledger {
+            config,
+            shards,
+            transfers,
+            scratch,
+            ..
+        } = self;
+        let ctx = BatchCtx {
+            commands,
+            timestamp,
+            partitions: config.partitions,
+            holds_per_account_max: config.holds_per_account_max,
+            limit_profiles_max: config.limit_profiles_max,
+            first: &scratch.first,
+            pending_ref: &scratch.pending_ref,
+            results: &scratch.results,
+            transfers,
+        };
+        let parallel = config.threads > 1 && commands.len() >= config.parallel_batch_min;
+        if parallel {
+            execute_parallel(&ctx, &scratch.units, shards, config.threads);
+        } else {
+            let mut access = SerialAccess { shards };
+            for unit in &scratch.units {
+                execute_unit(&ctx, unit, &mut access, &mut scratch.out, &mut scratch.undo);
+                publish(&ctx, unit, &scratch.out);
+            }
+        }
+        results.extend(scratch.results.iter().map(|code| {
+            ResultCode::from_code(code.load(Ordering::Relaxed)).expect("every command has a result")
+        }));
+
+        record(
+            commands, timestamp, results, config, shards, transfers, parallel,
+        );
+        for (command, result) in commands.iter().zip(results.iter()) {
+            match command {
+                Command::CreateAccount(_) if *result == ResultCode::Ok => self.accounts_count += 1,
+                Command::SetLimitProfile { profile_id, limits } if *result == ResultCode::Ok => {
+                    self.profiles.insert(*profile_id, *limits);
+                }
+                _ => {}
+            }
+        }
+        self.timestamp_last = match commands.len() {
+            0 => timestamp,
+            n => timestamp + (n as u64 - 1),
+        };
+        Ok(())
+    }
+
+    fn check_batch(&self, timestamp: Timestamp, commands: &[Command]) -> Result<(), ApplyError> {
+        if commands.len() > self.config.batch_commands_max {
+            return Err(ApplyError::BatchTooLarge {
+                commands: commands.len(),
+                max: self.config.batch_commands_max,
+            });
+        }
+        if timestamp <= self.timestamp_last {
+            return Err(ApplyError::TimestampNotIncreasing {
+                timestamp,
+                last: self.timestamp_last,
+            });
+        }
+        if timestamp
+            .checked_add(commands.len() as u64)
+            .is_none_or(|end| end == Timestamp::MAX)
+        {
+            return Err(ApplyError::TimestampOverflow);
+        }
+        let creating = commands
+            .iter()
+            .filter(|c| matches!(c, Command::CreateAccount(_)))
+            .count();
+        if self.accounts_count + creating > self.config.accounts_max {
+            return Err(ApplyError::AccountsFull {
+                accounts: self.accounts_count,
+                creating,
+                max: self.config.accounts_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases every hold that expires at or before `timestamp`.
+    fn expire_holds(&mut self, timestamp: Timestamp) {
+        let partitions = self.config.partitions;
+        for p in 0..partitions {
+            let shard = self.shards[p].get_mut();
+            // Cheap test first: most batches expire nothing.
+            if shard.expiries.first().is_none_or(|&(at, _)| at > timestamp) {
+                continue;
+            }
+            let due: Vec<(Timestamp, u128)> = shard
+                .expiries
+                .range(..=(timestamp, u128::MAX))
+                .copied()
+                .collect();
+            for (_, id) in due {
+                let shard = self.shards[p].get_mut();
+                let hold = shard.hold_remove(id);
+                debug_assert_eq!(hold.state, HoldState::Pending);
+                let mut debit = *shard.get(hold.debit_slot);
+                debit.debits_pending -= hold.amount;
+                debit.holds_pending -= 1;
+                if debit.daily_day == hold.day {
+                    debit.daily_debited -= hold.amount;
+                }
+                shard.put(hold.debit_slot, debit);
+
+                let credit_shard =
+                    self.shards[partition_of(hold.credit_account_id, partitions)].get_mut();
+                let (slot, mut credit) = credit_shard
+                    .find(hold.credit_account_id)
+                    .expect("a hold's credit account exists");
+                credit.credits_pending -= hold.amount;
+                credit_shard.put(slot, credit);
+
+                self.transfers[partition_of(id, partitions)].set_hold_state(id, HoldState::Expired);
+            }
+        }
+    }
+
+    /// Splits the batch into units and works out which partitions each may touch.
+    fn plan(&mut self, commands: &[Command]) {
+        let partitions = self.config.partitions;
+        let all_partitions = if partitions == 64 {
+            u64::MAX
+        } else {
+            (1u64 << partitions) - 1
+        };
+        let bit = |id: u128| 1u64 << partition_of(id, partitions);
+        let s = &mut self.scratch;
+        let n = commands.len();
+        s.first.clear();
+        s.pending_ref.clear();
+        s.masks.clear();
+        s.units.clear();
+        s.results.clear();
+        s.results.resize_with(n, || AtomicU16::new(u16::MAX));
+        let ids = s.ids.get_or_insert_with(|| fast_map(0));
+        ids.clear();
+        ids.reserve(n);
+
+        for (i, command) in commands.iter().enumerate() {
+            let index = u32::try_from(i).expect("batch_commands_max < 2^32");
+            let (mut mask, first, pending_ref) = match command {
+                Command::CreateTransfer(t) => {
+                    // Look up the hold before this command's own id is entered: a transfer that
+                    // names itself as its hold must not refer to itself.
+                    let pending_ref = if t.pending_id != 0 {
+                        ids.get(&Key::from(t.pending_id)).copied().unwrap_or(NONE)
+                    } else {
+                        NONE
+                    };
+                    let first = *ids.entry(Key::from(t.id)).or_insert(index);
+                    (
+                        bit(t.debit_account_id) | bit(t.credit_account_id),
+                        first,
+                        pending_ref,
+                    )
+                }
+                Command::CreateAccount(a) => (bit(a.id), index, NONE),
+                Command::SetAccountStatus { account_id, .. } => (bit(*account_id), index, NONE),
+                Command::SetLimitProfile { .. } => (all_partitions, index, NONE),
+            };
+            // A command that reads an earlier command's result must run after it: sharing a
+            // partition with it guarantees that.
+            if first != index {
+                mask |= s.masks[first as usize];
+            }
+            if pending_ref != NONE {
+                mask |= s.masks[pending_ref as usize];
+            }
+            s.first.push(first);
+            s.pending_ref.push(pending_ref);
+            s.masks.push(mask);
+        }
+
+        let mut i = 0;
+        while i < n {
+            let start = i;
+            let mut mask = s.masks[i];
+            let mut open = false;
+            if let Command::CreateTransfer(t) = &commands[i] {
+                let mut linked = t.flags.linked();
+                while linked {
+                    match commands.get(i + 1) {
+                        Some(Command::CreateTransfer(next)) => {
+                            i += 1;
+                            mask |= s.masks[i];
+                            linked = next.flags.linked();
+                        }
+                        // The chain meets another kind of command or the end of the batch.
+                        _ => {
+                            open = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            i += 1;
+            s.units.push(Unit {
+                start: u32::try_from(start).expect("batch fits u32"),
+                end: u32::try_from(i).expect("batch fits u32"),
+                mask,
+                open,
+            });
+        }
+    }
+
+    /// The state digest: equal on two ledgers exactly when (but for a 2^-128 chance) their
+    /// accounts, transfer records, limit profiles and clocks are equal. Independent of the
+    /// number of partitions. O(partitions + profiles).
+    pub fn digest(&self) -> u128 {
+        let accounts = self
+            .shards
+            .iter()
+            .fold(0u128, |sum, s| sum.wrapping_add(s.lock().digest));
+        let transfers = self
+            .transfers
+            .iter()
+            .fold(0u128, |sum, t| sum.wrapping_add(t.digest));
+        let mut bytes = Vec::with_capacity(48 + self.profiles.len() * 68);
+        bytes.extend_from_slice(&accounts.to_le_bytes());
+        bytes.extend_from_slice(&transfers.to_le_bytes());
+        bytes.extend_from_slice(&self.timestamp_last.to_le_bytes());
+        for (id, p) in &self.profiles {
+            bytes.extend_from_slice(&id.to_le_bytes());
+            for limit in [
+                p.per_transfer_max,
+                p.daily_debit_max,
+                p.balance_max,
+                p.amount_min,
+            ] {
+                bytes.extend_from_slice(&limit.to_le_bytes());
+            }
+        }
+        digest_of(&bytes)
+    }
+
+    pub fn account(&self, id: u128) -> Option<Account> {
+        let shard = self.shards[partition_of(id, self.config.partitions)].lock();
+        shard.find(id).map(|(_, account)| account)
+    }
+
+    /// A resident transfer record: every transfer, unless evicted with
+    /// [`Ledger::evict_transfers_before`].
+    pub fn transfer(&self, id: u128) -> Option<Transfer> {
+        self.transfers[partition_of(id, self.config.partitions)]
+            .get(id)
+            .copied()
+    }
+
+    /// Every account, ordered by id.
+    pub fn accounts(&self) -> Vec<Account> {
+        let mut all: Vec<Account> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().accounts.clone())
+            .collect();
+        all.sort_unstable_by_key(|a| a.id);
+        all
+    }
+
+    /// Every resident transfer record, ordered by id.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        let mut all: Vec<Transfer> = self
+            .transfers
+            .iter()
+            .flat_map(|t| t.records.values().copied())
+            .collect();
+        all.sort_unstable_by_key(|t| t.new.id);
+        all
+    }
+
+    pub fn limit_profiles(&self) -> &BTreeMap<LimitProfileId, LimitProfile> {
+        &self.profiles
+    }
+
+    pub fn accounts_count(&self) -> usize {
+        self.accounts_count
+    }
+
+    pub fn transfers_resident(&self) -> usize {
+        self.transfers.iter().map(|t| t.records.len()).sum()
+    }
+
+    pub fn timestamp_last(&self) -> Timestamp {
+        self.timestamp_last
+    }
+
+    /// Bytes reserved for account storage (the account arrays and their id indexes).
+    pub fn accounts_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().accounts_bytes()).sum()
+    }
+
+    /// Drops from memory the records of finished transfers stamped before `timestamp`; records
+    /// of pending holds stay. The ledger's state and digest do not change, but a later batch that
+    /// resubmits an evicted id, or posts or voids a hold whose record was evicted, is answered
+    /// as if the id were new: a host that evicts must first load back from storage every record
+    /// such a batch names (see `docs/ARCHITECTURE.md`).
+    pub fn evict_transfers_before(&mut self, timestamp: Timestamp) {
+        for shard in &mut self.transfers {
+            shard
+                .records
+                .retain(|_, t| t.timestamp >= timestamp || t.hold == HoldState::Pending);
+        }
+    }
+}
+
+/// Every partition, for the serial executor.
+struct SerialAccess<'a> {
+    shards: &'a mut [Mutex<Shard>],
+}
+
+impl ShardAccess for SerialAccess<'_> {
+    fn shard(&mut self, partition: usize) -> &mut Shard {
+        self.shards[partition].get_mut()
+    }
+}
+
+/// The locked partitions of one unit, for a parallel worker.
+struct LockedAccess<'a> {
+    partitions: Vec<usize>,
+    guards: Vec<MutexGuard<'a, Shard>>,
+}
+
+impl ShardAccess for LockedAccess<'_> {
+    fn shard(&mut self, partition: usize) -> &mut Shard {
+        let at = self
+            .partitions
+            .iter()
+            .position(|&p| p == partition)
+            .unwrap_or_else(|| panic!("unit touched partition {partition} outside its mask"));
+        &mut self.guards[at]
+    }
+}
+
+fn publish(ctx: &BatchCtx<'_>, unit: &Unit, out: &[ResultCode]) {
+    debug_assert_eq!(out.len(), (unit.end - unit.start) as usize);
+    for (k, code) in out.iter().enumerate() {
+        ctx.results[unit.start as usize + k].store(*code as u16, Ordering::Relaxed);
+    }
+}
+
+fn worker_of(partition: usize, threads: usize) -> usize {
+    partition % threads
+}
+
+fn workers_of(mask: u64, threads: usize) -> u64 {
+    let mut workers = 0u64;
+    let mut rest = mask;
+    while rest != 0 {
+        let p = rest.trailing_zeros() as usize;
+        workers |= 1 << worker_of(p, threads);
+        rest &= rest - 1;
+    }
+    workers
+}
+
+/// Runs the units on `threads` workers. See the module documentation for why the result equals
+/// the serial one.
+fn execute_parallel(ctx: &BatchCtx<'_>, units: &[Unit], shards: &[Mutex<Shard>], threads: usize) {
+    let unit_workers: Vec<u64> = units.iter().map(|u| workers_of(u.mask, threads)).collect();
+    let mut lists: Vec<Vec<u32>> = vec![Vec::with_capacity(units.len()); threads];
+    for (u, workers) in unit_workers.iter().enumerate() {
+        let mut rest = *workers;
+        while rest != 0 {
+            lists[rest.trailing_zeros() as usize].push(u32::try_from(u).expect("units fit u32"));
+            rest &= rest - 1;
+        }
+    }
+    let arrivals: Vec<AtomicU8> = units.iter().map(|_| AtomicU8::new(0)).collect();
+    let done: Vec<AtomicBool> = units.iter().map(|_| AtomicBool::new(false)).collect();
+
+    let work = |worker: usize| {
+        let mut out = Vec::new();
+        let mut undo = Vec::new();
+        let run = |unit: &Unit, out: &mut Vec<ResultCode>, undo: &mut Vec<Undo>| {
+            let mut access = LockedAccess {
+                partitions: Vec::new(),
+                guards: Vec::new(),
+            };
+            let mut rest = unit.mask;
+            // Ascending order; the locks are uncontended anyway (see the module docs).
+            while rest != 0 {
+                let p = rest.trailing_zeros() as usize;
+                access.partitions.push(p);
+                access.guards.push(shards[p].lock());
+                rest &= rest - 1;
+            }
+            execute_unit(ctx, unit, &mut access, out, undo);
+            publish(ctx, unit, out);
+        };
+        for &u in &lists[worker] {
+            let u = u as usize;
+            let unit = &units[u];
+            let workers = unit_workers[u];
+            if workers == 1 << worker {
+                run(unit, &mut out, &mut undo);
+                continue;
+            }
+            let arrived = arrivals[u].fetch_add(1, Ordering::AcqRel) + 1;
+            if u32::from(arrived) == workers.count_ones() {
+                run(unit, &mut out, &mut undo);
+                done[u].store(true, Ordering::Release);
+            } else {
+                let backoff = Backoff::new();
+                while !done[u].load(Ordering::Acquire) {
+                    backoff.snooze();
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for worker in 1..threads {
+            let work = &work;
+            scope.spawn(move || work(worker));
+        }
+        work(0);
+    });
+}
+
+/// Records the batch's new transfers and the final state of the holds it posted or voided.
+fn record(
+    commands: &[Command],
+    timestamp: Timestamp,
+    results: &[ResultCode],
+    config: &LedgerConfig,
+    shards: &mut [Mutex<Shard>],
+    transfers: &mut [TransferShard],
+    parallel: bool,
+) {
+    let partitions = config.partitions;
+    let record_partition = |p: usize, shard: &mut Shard, records: &mut TransferShard| {
+        for (i, command) in commands.iter().enumerate() {
+            let Command::CreateTransfer(t) = command else {
+                continue;
+            };
+            if t.id == 0 || t.id == u128::MAX || partition_of(t.id, partitions) != p {
+                continue;
+            }
+            // The first command of the batch with an id not recorded before is the one that
+            // decided it; later ones (and resubmissions of older ids) only replayed an outcome.
+            let result = results[i];
+            let hold = if result == ResultCode::Ok && t.flags.pending() {
+                HoldState::Pending
+            } else {
+                HoldState::None
+            };
+            records.insert_new(Transfer {
+                new: *t,
+                timestamp: timestamp + i as u64,
+                result,
+                hold,
+            });
+        }
+        for (i, command) in commands.iter().enumerate() {
+            let Command::CreateTransfer(t) = command else {
+                continue;
+            };
+            if results[i] != ResultCode::Ok || !(t.flags.post_pending() || t.flags.void_pending()) {
+                continue;
+            }
+            let state = if t.flags.post_pending() {
+                HoldState::Posted
+            } else {
+                HoldState::Voided
+            };
+            if partition_of(t.pending_id, partitions) == p {
+                records.set_hold_state(t.pending_id, state);
+            }
+            if partition_of(t.debit_account_id, partitions) == p {
+                let hold = shard.hold_remove(t.pending_id);
+                debug_assert_eq!(hold.state, state);
+            }
+        }
+    };
+    if parallel {
+        let threads = config.threads;
+        let mut per_worker: Vec<Vec<(usize, &mut Shard, &mut TransferShard)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (p, (shard, records)) in shards.iter_mut().zip(transfers.iter_mut()).enumerate() {
+            per_worker[worker_of(p, threads)].push((p, shard.get_mut(), records));
+        }
+        std::thread::scope(|scope| {
+            let record_partition = &record_partition;
+            for work in per_worker {
+                scope.spawn(move || {
+                    for (p, shard, records) in work {
+                        record_partition(p, shard, records);
+                    }
+                });
+            }
+        });
+    } else {
+        for (p, (shard, records)) in shards.iter_mut().zip(transfers.iter_mut()).enumerate() {
+            record_partition(p, shard.get_mut(), records);
+        }
+    }
+}

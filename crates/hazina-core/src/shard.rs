@@ -1,0 +1,211 @@
+//! In-memory storage of one partition: its accounts, the holds they carry, and the transfer
+//! records whose ids hash to it.
+//!
+//! Both keep their share of the state digest as a wrapping sum of per-record hashes. A sum is
+//! commutative, so the ledger's digest does not depend on how records are spread over
+//! partitions, nor on the order in which partitions are updated.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::command::{Account, Transfer};
+use crate::types::{Amount, HoldState, LimitProfile, LimitProfileId, Timestamp};
+
+/// A map with a fixed hash seed: no randomness in the core, and the same layout on every replica.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Seed of every map in the core. It changes nothing but the layout of memory.
+const MAP_SEED: u64 = 0x6861_7a69_6e61_0001;
+
+pub(crate) fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    HashMap::with_capacity_and_hasher(capacity, foldhash::fast::FixedState::with_seed(MAP_SEED))
+}
+
+/// A `u128` id stored as two `u64`s: 8-byte alignment keeps a map entry at 24 bytes instead of 32,
+/// which matters with ten million accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key([u64; 2]);
+
+impl From<u128> for Key {
+    fn from(id: u128) -> Key {
+        // Truncation is the point: the two halves of the id.
+        #[allow(clippy::cast_possible_truncation)]
+        Key([id as u64, (id >> 64) as u64])
+    }
+}
+
+pub(crate) fn digest_of(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+/// The partition that owns an id (account or transfer). A fixed function of the id alone, so
+/// every replica and every restart agrees on it.
+pub(crate) fn partition_of(id: u128, partitions: usize) -> usize {
+    if partitions == 1 {
+        return 0;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let folded = (id as u64) ^ ((id >> 64) as u64);
+    let mixed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mixed = mixed ^ (mixed >> 29);
+    // Multiply-shift maps the hash onto 0..partitions without a division.
+    #[allow(clippy::cast_possible_truncation)]
+    let p = ((u128::from(mixed) * partitions as u128) >> 64) as usize;
+    p
+}
+
+/// Expiry time of a hold that never expires.
+pub(crate) const NEVER: Timestamp = Timestamp::MAX;
+
+/// Money held by a pending transfer, kept with its debit account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hold {
+    pub amount: Amount,
+    pub credit_account_id: u128,
+    pub expires_at: Timestamp,
+    pub debit_slot: u32,
+    /// The Nairobi day the hold was counted against the daily limit.
+    pub day: u32,
+    /// `Pending` until a post or void of this batch finalises it; finalised holds leave the map
+    /// at the end of the batch, when their transfer record takes the final state.
+    pub state: HoldState,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub accounts: Vec<Account>,
+    index: FastMap<Key, u32>,
+    pub holds: FastMap<Key, Hold>,
+    /// Pending holds that can expire, ordered by (expiry, id).
+    pub expiries: BTreeSet<(Timestamp, u128)>,
+    /// Every partition carries a copy of the limit profiles so that applying a transfer reads
+    /// only the partitions of its accounts.
+    pub profiles: FastMap<LimitProfileId, LimitProfile>,
+    /// Wrapping sum of the digests of this partition's accounts.
+    pub digest: u128,
+}
+
+impl Shard {
+    pub fn new(accounts_capacity: usize) -> Shard {
+        let mut profiles = fast_map(8);
+        profiles.insert(0, LimitProfile::UNLIMITED);
+        Shard {
+            accounts: Vec::with_capacity(accounts_capacity),
+            index: fast_map(accounts_capacity),
+            holds: fast_map(0),
+            expiries: BTreeSet::new(),
+            profiles,
+            digest: 0,
+        }
+    }
+
+    pub fn slot(&self, id: u128) -> Option<u32> {
+        self.index.get(&Key::from(id)).copied()
+    }
+
+    pub fn find(&self, id: u128) -> Option<(u32, Account)> {
+        self.slot(id)
+            .map(|slot| (slot, self.accounts[slot as usize]))
+    }
+
+    pub fn get(&self, slot: u32) -> &Account {
+        &self.accounts[slot as usize]
+    }
+
+    /// Replaces an account, keeping the digest current.
+    pub fn put(&mut self, slot: u32, account: Account) {
+        let old = &mut self.accounts[slot as usize];
+        debug_assert_eq!(old.id, account.id);
+        self.digest = self
+            .digest
+            .wrapping_sub(digest_of(&old.digest_bytes()))
+            .wrapping_add(digest_of(&account.digest_bytes()));
+        *old = account;
+    }
+
+    pub fn insert(&mut self, account: Account) -> u32 {
+        let slot = u32::try_from(self.accounts.len())
+            .expect("accounts_max keeps every partition below 2^32 accounts");
+        let previous = self.index.insert(Key::from(account.id), slot);
+        assert!(previous.is_none(), "account {} inserted twice", account.id);
+        self.digest = self.digest.wrapping_add(digest_of(&account.digest_bytes()));
+        self.accounts.push(account);
+        slot
+    }
+
+    pub fn hold_insert(&mut self, id: u128, hold: Hold) {
+        let previous = self.holds.insert(Key::from(id), hold);
+        assert!(previous.is_none(), "hold {id} inserted twice");
+        if hold.expires_at != NEVER {
+            self.expiries.insert((hold.expires_at, id));
+        }
+    }
+
+    pub fn hold_remove(&mut self, id: u128) -> Hold {
+        let hold = self
+            .holds
+            .remove(&Key::from(id))
+            .unwrap_or_else(|| panic!("hold {id} is not in its debit account's partition"));
+        if hold.expires_at != NEVER {
+            self.expiries.remove(&(hold.expires_at, id));
+        }
+        hold
+    }
+
+    pub fn hold_mut(&mut self, id: u128) -> Option<&mut Hold> {
+        self.holds.get_mut(&Key::from(id))
+    }
+
+    /// Bytes of memory this partition's account storage occupies (capacity, not length).
+    pub fn accounts_bytes(&self) -> usize {
+        self.accounts.capacity() * std::mem::size_of::<Account>()
+            + self.index.capacity() * (std::mem::size_of::<(Key, u32)>() + 1)
+    }
+}
+
+/// The transfer records whose ids hash to one partition.
+#[derive(Debug)]
+pub(crate) struct TransferShard {
+    pub records: FastMap<Key, Transfer>,
+    /// Wrapping sum of the digests of every transfer ever recorded here (evicting a record from
+    /// memory does not change the ledger's state, so it does not change the digest).
+    pub digest: u128,
+}
+
+impl TransferShard {
+    pub fn new() -> TransferShard {
+        TransferShard {
+            records: fast_map(0),
+            digest: 0,
+        }
+    }
+
+    pub fn get(&self, id: u128) -> Option<&Transfer> {
+        self.records.get(&Key::from(id))
+    }
+
+    /// Records a new transfer. Returns false, changing nothing, if the id is already recorded.
+    pub fn insert_new(&mut self, transfer: Transfer) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.records.entry(Key::from(transfer.new.id)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                self.digest = self
+                    .digest
+                    .wrapping_add(digest_of(&transfer.digest_bytes()));
+                slot.insert(transfer);
+                true
+            }
+        }
+    }
+
+    pub fn set_hold_state(&mut self, id: u128, state: HoldState) {
+        let record = self
+            .records
+            .get_mut(&Key::from(id))
+            .unwrap_or_else(|| panic!("the record of hold {id} must be resident"));
+        debug_assert_eq!(record.hold, HoldState::Pending);
+        self.digest = self.digest.wrapping_sub(digest_of(&record.digest_bytes()));
+        record.hold = state;
+        self.digest = self.digest.wrapping_add(digest_of(&record.digest_bytes()));
+    }
+}

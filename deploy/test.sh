@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The one command that runs every test, from a fresh Debian machine (as root) onwards.
+# Random tests take HAZINA_SEED (replay one case) and HAZINA_CASES (run more cases).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup-debian.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked --profile ci
+cargo test --workspace --doc --locked
