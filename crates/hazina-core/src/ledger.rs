@@ -178,10 +178,13 @@ impl Ledger {
                 "batch_commands_max must be 1 to 2^32 - 2".into(),
             ));
         }
-        if config.accounts_max / config.partitions >= u32::MAX as usize / 2 {
-            return Err(ConfigError(
-                "accounts_max is too large for u32 account slots".into(),
-            ));
+        // Slots are u32 per partition; bounding the total keeps any partition below that
+        // however the ids happen to hash.
+        if config.accounts_max >= u32::MAX as usize {
+            return Err(ConfigError(format!(
+                "accounts_max must be below {}",
+                u32::MAX
+            )));
         }
         let per_partition = config.accounts_capacity.div_ceil(config.partitions);
         let shards = (0..config.partitions)
@@ -522,9 +525,11 @@ impl Ledger {
         self.timestamp_last
     }
 
-    /// Bytes reserved for account storage (the account arrays and their id indexes).
-    pub fn accounts_bytes(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().accounts_bytes()).sum()
+    /// Makes resident again a record evicted by [`Ledger::evict_transfers_before`], as read
+    /// back from storage. Changes neither the state nor the digest; a record already resident
+    /// is kept as it is.
+    pub fn load_transfer(&mut self, record: Transfer) {
+        self.transfers[partition_of(record.new.id, self.config.partitions)].load(record);
     }
 
     /// Drops from memory the records of finished transfers stamped before `timestamp`; records
@@ -716,15 +721,19 @@ fn record(
         for (p, (shard, records)) in shards.iter_mut().zip(transfers.iter_mut()).enumerate() {
             per_worker[worker_of(p, threads)].push((p, shard.get_mut(), records));
         }
-        std::thread::scope(|scope| {
-            let record_partition = &record_partition;
-            for work in per_worker {
-                scope.spawn(move || {
-                    for (p, shard, records) in work {
-                        record_partition(p, shard, records);
-                    }
-                });
+        let record_all = |work: Vec<(usize, &mut Shard, &mut TransferShard)>| {
+            for (p, shard, records) in work {
+                record_partition(p, shard, records);
             }
+        };
+        let mut per_worker = per_worker.into_iter();
+        let own = per_worker.next().expect("threads >= 1");
+        std::thread::scope(|scope| {
+            let record_all = &record_all;
+            for work in per_worker {
+                scope.spawn(move || record_all(work));
+            }
+            record_all(own);
         });
     } else {
         for (p, (shard, records)) in shards.iter_mut().zip(transfers.iter_mut()).enumerate() {

@@ -154,12 +154,6 @@ impl Shard {
     pub fn hold_mut(&mut self, id: u128) -> Option<&mut Hold> {
         self.holds.get_mut(&Key::from(id))
     }
-
-    /// Bytes of memory this partition's account storage occupies (capacity, not length).
-    pub fn accounts_bytes(&self) -> usize {
-        self.accounts.capacity() * std::mem::size_of::<Account>()
-            + self.index.capacity() * (std::mem::size_of::<(Key, u32)>() + 1)
-    }
 }
 
 /// The transfer records whose ids hash to one partition.
@@ -196,6 +190,13 @@ impl TransferShard {
                 true
             }
         }
+    }
+
+    /// Makes an evicted record resident again. The digest already counts it.
+    pub fn load(&mut self, transfer: Transfer) {
+        self.records
+            .entry(Key::from(transfer.new.id))
+            .or_insert(transfer);
     }
 
     pub fn set_hold_state(&mut self, id: u128, state: HoldState) {

@@ -1,11 +1,13 @@
 //! Test support for Hazina: a plain reference model of the ledger's rules ([`model`]), a seeded
-//! generator of random batches ([`world`]), invariant checks ([`check`]) and seed handling.
+//! generator of random batches ([`world`]), invariant checks ([`check`]), a realistic population
+//! and traffic for benchmarks ([`traffic`]) and seed handling.
 //!
 //! Random tests take their seed from `HAZINA_SEED` (one case) or derive one per case from a fixed
 //! base, print it before running, and can be replayed with `HAZINA_SEED=<seed>`.
 
 pub mod check;
 pub mod model;
+pub mod traffic;
 pub mod world;
 
 /// The seeds a random test runs: `HAZINA_SEED` alone if set, else `cases` seeds derived from
