@@ -8,11 +8,7 @@
 //! the reject path costs no more than the accept path. Figures: docs/BENCHMARKS.md.
 
 // Bench arithmetic on counts and sizes, on the 64-bit hosts Hazina runs on.
-#![allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_lossless,
-    clippy::cast_precision_loss
-)]
+#![allow(clippy::cast_possible_truncation, clippy::cast_lossless, clippy::cast_precision_loss)]
 
 use std::time::{Duration, Instant};
 
@@ -23,9 +19,9 @@ use hazina_testkit::world::EPOCH;
 
 const ACCOUNTS: u64 = 1_000_000;
 const MERCHANTS: u64 = 1_000;
-/// Transfer records kept in memory: older ones are evicted between iterations, as a node keeps
-/// only recent ones resident and the rest in storage.
-const RESIDENT_TRANSFERS_MAX: usize = 4_000_000;
+/// Transfer records per generation in memory (at most two generations are resident), as a node
+/// keeps only recent records resident and the rest in storage.
+const TRANSFERS_GENERATION_MAX: usize = 2_000_000;
 
 fn population() -> Population {
     Population {
@@ -49,27 +45,17 @@ impl Bench {
             partitions,
             threads: partitions,
             accounts_capacity: ACCOUNTS as usize + 1,
+            transfers_generation_max: TRANSFERS_GENERATION_MAX,
             ..LedgerConfig::default()
         })
         .expect("valid bench configuration");
         let mut clock = Clock::new(EPOCH);
         for batch in population.genesis(8_000) {
-            let results = ledger
-                .apply(clock.stamp(batch.len()), &batch)
-                .expect("genesis applies");
-            assert!(
-                results.iter().all(|r| *r == ResultCode::Ok),
-                "genesis must succeed"
-            );
+            let results = ledger.apply(clock.stamp(batch.len()), &batch).expect("genesis applies");
+            assert!(results.iter().all(|r| *r == ResultCode::Ok), "genesis must succeed");
         }
-        ledger.evict_transfers_before(clock.peek());
         let traffic = Traffic::new(population, 42, Skew::Uniform, 50);
-        Bench {
-            ledger,
-            clock,
-            traffic,
-            results: Vec::new(),
-        }
+        Bench { ledger, clock, traffic, results: Vec::new() }
     }
 
     /// Applies `iters` fresh batches of `size`, timing only `apply`.
@@ -79,20 +65,10 @@ impl Bench {
             let batch = self.traffic.batch(size);
             let stamp = self.clock.stamp(size);
             let start = Instant::now();
-            self.ledger
-                .apply_into(stamp, &batch, &mut self.results)
-                .expect("batch applies");
+            self.ledger.apply_into(stamp, &batch, &mut self.results).expect("batch applies");
             timed += start.elapsed();
-            *accepted += self
-                .results
-                .iter()
-                .filter(|r| **r == ResultCode::Ok)
-                .count() as u64;
+            *accepted += self.results.iter().filter(|r| **r == ResultCode::Ok).count() as u64;
             *applied += size as u64;
-            if self.ledger.transfers_resident() > RESIDENT_TRANSFERS_MAX {
-                let keep_from = self.clock.peek() - (RESIDENT_TRANSFERS_MAX / 2) as u64;
-                self.ledger.evict_transfers_before(keep_from);
-            }
         }
         timed
     }
@@ -107,10 +83,8 @@ fn report(name: &str, accepted: u64, applied: u64) {
 fn apply(c: &mut Criterion) {
     for partitions in [1, 2] {
         let mut bench = Bench::new(partitions);
-        for (name, skew) in [
-            ("uniform", Skew::Uniform),
-            ("skewed", Skew::HotMerchants { hot: 8 }),
-        ] {
+        for (name, skew) in [("uniform", Skew::Uniform), ("skewed", Skew::HotMerchants { hot: 8 })]
+        {
             bench.traffic.set_skew(skew);
             let mut group = c.benchmark_group(format!("apply/{name}/P{partitions}"));
             for size in [1usize, 100, 8_000] {
@@ -119,11 +93,7 @@ fn apply(c: &mut Criterion) {
                 group.bench_function(BenchmarkId::from_parameter(size), |b| {
                     b.iter_custom(|iters| bench.run(iters, size, &mut accepted, &mut applied));
                 });
-                report(
-                    &format!("apply/{name}/P{partitions}/{size}"),
-                    accepted,
-                    applied,
-                );
+                report(&format!("apply/{name}/P{partitions}/{size}"), accepted, applied);
             }
             group.finish();
         }

@@ -124,10 +124,7 @@ impl Account {
     /// A fixed little-endian encoding of every field, for the state digest.
     pub(crate) fn digest_bytes(&self) -> [u8; 165] {
         let mut out = [0u8; 165];
-        let mut w = Writer {
-            out: &mut out,
-            at: 0,
-        };
+        let mut w = Writer { out: &mut out, at: 0 };
         w.u128(self.id);
         w.u128(self.debits_pending);
         w.u128(self.debits_posted);
@@ -190,10 +187,7 @@ pub struct Transfer {
 impl Transfer {
     pub(crate) fn digest_bytes(&self) -> [u8; 129] {
         let mut out = [0u8; 129];
-        let mut w = Writer {
-            out: &mut out,
-            at: 0,
-        };
+        let mut w = Writer { out: &mut out, at: 0 };
         let n = &self.new;
         w.u128(n.id);
         w.u128(n.debit_account_id);

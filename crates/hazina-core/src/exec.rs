@@ -9,7 +9,7 @@
 //! faults gets) and is listed in `docs/RESULT_CODES.md`; the reference model in `hazina-testkit`
 //! follows the same order.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use crate::ResultCode;
 use crate::command::{Account, Command, NewAccount, NewTransfer};
@@ -47,6 +47,9 @@ pub(crate) struct BatchCtx<'a> {
     /// Final results of finished units. A unit reads only results of units that share a
     /// partition with it and come before it, which the executors order before it.
     pub results: &'a [AtomicU16],
+    /// Per command: set when its transfer id was never recorded before, so that the batch
+    /// records it. Written by the unit, read after every unit is done.
+    pub fresh: &'a [AtomicBool],
     /// Transfer records of earlier batches; not written until the batch's units are all done.
     pub transfers: &'a [TransferShard],
 }
@@ -82,20 +85,9 @@ pub(crate) trait ShardAccess {
 /// What a linked chain changed, so that a failure can put it back.
 #[derive(Debug)]
 pub(crate) enum Undo {
-    Account {
-        partition: usize,
-        slot: u32,
-        old: Account,
-    },
-    HoldInserted {
-        partition: usize,
-        id: u128,
-    },
-    HoldState {
-        partition: usize,
-        id: u128,
-        old: HoldState,
-    },
+    Account { partition: usize, slot: u32, old: Account },
+    HoldInserted { partition: usize, id: u128 },
+    HoldState { partition: usize, id: u128, old: HoldState },
 }
 
 /// Decides and applies one unit, leaving one result per command in `out`.
@@ -174,20 +166,13 @@ fn execute_transfers<A: ShardAccess>(
 
 fn revert<A: ShardAccess>(access: &mut A, change: Undo) {
     match change {
-        Undo::Account {
-            partition,
-            slot,
-            old,
-        } => access.shard(partition).put(slot, old),
+        Undo::Account { partition, slot, old } => access.shard(partition).put(slot, old),
         Undo::HoldInserted { partition, id } => {
             access.shard(partition).hold_remove(id);
         }
         Undo::HoldState { partition, id, old } => {
-            access
-                .shard(partition)
-                .hold_mut(id)
-                .expect("an undone hold is still resident")
-                .state = old;
+            access.shard(partition).hold_mut(id).expect("an undone hold is still resident").state =
+                old;
         }
     }
 }
@@ -207,7 +192,10 @@ fn outcome_without_effect(
     match existing(ctx, index, unit, t.id) {
         Existing::SameUnit => ResultCode::DuplicateIdInChain,
         Existing::Found { new, result } => replay(&new, result, t),
-        Existing::None => chain_code,
+        Existing::None => {
+            ctx.fresh[index].store(true, Ordering::Relaxed);
+            chain_code
+        }
     }
 }
 
@@ -232,10 +220,7 @@ enum Existing {
 /// Whether the transfer id at `index` was used before: in an earlier batch, or earlier in this one.
 fn existing(ctx: &BatchCtx<'_>, index: usize, unit: &Unit, id: u128) -> Existing {
     if let Some(record) = ctx.transfers[ctx.partition(id)].get(id) {
-        return Existing::Found {
-            new: record.new,
-            result: record.result,
-        };
+        return Existing::Found { new: record.new, result: record.result };
     }
     let first = ctx.first[index];
     if first as usize == index {
@@ -244,10 +229,7 @@ fn existing(ctx: &BatchCtx<'_>, index: usize, unit: &Unit, id: u128) -> Existing
     if first >= unit.start {
         return Existing::SameUnit;
     }
-    Existing::Found {
-        new: *ctx.transfer_at(first as usize),
-        result: ctx.result(first),
-    }
+    Existing::Found { new: *ctx.transfer_at(first as usize), result: ctx.result(first) }
 }
 
 /// The answer to a resubmission: the first outcome when every field matches.
@@ -323,7 +305,7 @@ fn transfer<A: ShardAccess>(
     match existing(ctx, index, unit, t.id) {
         Existing::SameUnit => return ResultCode::DuplicateIdInChain,
         Existing::Found { new, result } => return replay(&new, result, t),
-        Existing::None => {}
+        Existing::None => ctx.fresh[index].store(true, Ordering::Relaxed),
     }
     if let Err(code) = validate_transfer(t) {
         return code;
@@ -386,22 +368,10 @@ fn move_money<A: ShardAccess>(
     undo: Option<&mut Vec<Undo>>,
 ) -> Result<(), ResultCode> {
     let timestamp = ctx.timestamp_of(index);
-    let (dp, cp) = (
-        ctx.partition(t.debit_account_id),
-        ctx.partition(t.credit_account_id),
-    );
-    let (ds, mut debit) = find(
-        access,
-        dp,
-        t.debit_account_id,
-        ResultCode::DebitAccountNotFound,
-    )?;
-    let (cs, mut credit) = find(
-        access,
-        cp,
-        t.credit_account_id,
-        ResultCode::CreditAccountNotFound,
-    )?;
+    let (dp, cp) = (ctx.partition(t.debit_account_id), ctx.partition(t.credit_account_id));
+    let (ds, mut debit) = find(access, dp, t.debit_account_id, ResultCode::DebitAccountNotFound)?;
+    let (cs, mut credit) =
+        find(access, cp, t.credit_account_id, ResultCode::CreditAccountNotFound)?;
     if debit.currency != t.currency || credit.currency != t.currency {
         return Err(ResultCode::CurrencyMismatch);
     }
@@ -420,22 +390,10 @@ fn move_money<A: ShardAccess>(
         return Err(ResultCode::ExceedsPerTransferLimit);
     }
     let pending = t.flags.pending();
-    let debit_total = add(
-        if pending {
-            debit.debits_pending
-        } else {
-            debit.debits_posted
-        },
-        amount,
-    )?;
-    let credit_total = add(
-        if pending {
-            credit.credits_pending
-        } else {
-            credit.credits_posted
-        },
-        amount,
-    )?;
+    let debit_total =
+        add(if pending { debit.debits_pending } else { debit.debits_posted }, amount)?;
+    let credit_total =
+        add(if pending { credit.credits_pending } else { credit.credits_posted }, amount)?;
     let expires_at = if pending && t.timeout_s != 0 {
         timestamp
             .checked_add(u64::from(t.timeout_s) * NANOS_PER_SECOND)
@@ -444,27 +402,17 @@ fn move_money<A: ShardAccess>(
     } else {
         NEVER
     };
-    if debit
-        .flags
-        .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-    {
+    if debit.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
         // An overdraft line covers sends and payments, never cash.
-        let overdraft = if t.tx_type == TransactionType::CashOut as u16 {
-            0
-        } else {
-            debit.overdraft_limit
-        };
+        let overdraft =
+            if t.tx_type == TransactionType::CashOut as u16 { 0 } else { debit.overdraft_limit };
         let exposure = add(add(debit.debits_posted, debit.debits_pending)?, amount)?;
         if exposure > debit.credits_posted.saturating_add(overdraft) {
             return Err(ResultCode::InsufficientFunds);
         }
     }
     let today = nairobi_day(timestamp);
-    let used_today = if debit.daily_day == today {
-        debit.daily_debited
-    } else {
-        0
-    };
+    let used_today = if debit.daily_day == today { debit.daily_debited } else { 0 };
     let daily = add(used_today, amount)?;
     if daily > debit_limits.daily_debit_max {
         return Err(ResultCode::ExceedsDailyLimit);
@@ -483,21 +431,10 @@ fn move_money<A: ShardAccess>(
 
     // Decided: apply.
     if let Some(undo) = undo {
-        undo.push(Undo::Account {
-            partition: dp,
-            slot: ds,
-            old: debit,
-        });
-        undo.push(Undo::Account {
-            partition: cp,
-            slot: cs,
-            old: credit,
-        });
+        undo.push(Undo::Account { partition: dp, slot: ds, old: debit });
+        undo.push(Undo::Account { partition: cp, slot: cs, old: credit });
         if pending {
-            undo.push(Undo::HoldInserted {
-                partition: dp,
-                id: t.id,
-            });
+            undo.push(Undo::HoldInserted { partition: dp, id: t.id });
         }
     }
     debit.daily_day = today;
@@ -537,21 +474,19 @@ fn finish_hold<A: ShardAccess>(
     undo: Option<&mut Vec<Undo>>,
 ) -> Result<(), ResultCode> {
     // The pending transfer: from an earlier batch, or earlier in this one.
-    let (pending, pending_result, stored_hold) =
-        if let Some(record) = ctx.transfers[ctx.partition(t.pending_id)].get(t.pending_id) {
-            (record.new, record.result, record.hold)
-        } else {
-            let k = ctx.pending_ref[index];
-            if k == NONE {
-                return Err(ResultCode::HoldNotFound);
-            }
-            let result = if k >= unit.start {
-                chain_results[(k - unit.start) as usize]
-            } else {
-                ctx.result(k)
-            };
-            (*ctx.transfer_at(k as usize), result, HoldState::None)
-        };
+    let (pending, pending_result, stored_hold) = if let Some(record) =
+        ctx.transfers[ctx.partition(t.pending_id)].get(t.pending_id)
+    {
+        (record.new, record.result, record.hold)
+    } else {
+        let k = ctx.pending_ref[index];
+        if k == NONE {
+            return Err(ResultCode::HoldNotFound);
+        }
+        let result =
+            if k >= unit.start { chain_results[(k - unit.start) as usize] } else { ctx.result(k) };
+        (*ctx.transfer_at(k as usize), result, HoldState::None)
+    };
     if pending_result != ResultCode::Ok {
         return Err(ResultCode::HoldNotFound);
     }
@@ -567,10 +502,7 @@ fn finish_hold<A: ShardAccess>(
     if pending.currency != t.currency {
         return Err(ResultCode::HoldCurrencyMismatch);
     }
-    let (dp, cp) = (
-        ctx.partition(t.debit_account_id),
-        ctx.partition(t.credit_account_id),
-    );
+    let (dp, cp) = (ctx.partition(t.debit_account_id), ctx.partition(t.credit_account_id));
     let Some(hold) = access.shard(dp).hold_mut(t.pending_id).copied() else {
         // Finalised in an earlier batch: its record says how.
         return Err(match stored_hold {
@@ -586,10 +518,7 @@ fn finish_hold<A: ShardAccess>(
         HoldState::Voided => return Err(ResultCode::HoldAlreadyVoided),
         state => panic!("a resident hold is never {state:?}"),
     }
-    assert!(
-        hold.expires_at > ctx.timestamp,
-        "expired holds are released before the batch"
-    );
+    assert!(hold.expires_at > ctx.timestamp, "expired holds are released before the batch");
     let post = t.flags.post_pending();
     if post && t.amount > hold.amount {
         return Err(ResultCode::PostExceedsHold);
@@ -597,14 +526,10 @@ fn finish_hold<A: ShardAccess>(
     if !post && t.amount != 0 && t.amount != hold.amount {
         return Err(ResultCode::VoidAmountMismatch);
     }
-    let (ds, mut debit) = access
-        .shard(dp)
-        .find(t.debit_account_id)
-        .expect("a hold's debit account exists");
-    let (cs, mut credit) = access
-        .shard(cp)
-        .find(t.credit_account_id)
-        .expect("a hold's credit account exists");
+    let (ds, mut debit) =
+        access.shard(dp).find(t.debit_account_id).expect("a hold's debit account exists");
+    let (cs, mut credit) =
+        access.shard(cp).find(t.credit_account_id).expect("a hold's credit account exists");
     if post {
         check_debit_status(&debit)?;
         check_credit_status(&credit)?;
@@ -615,21 +540,9 @@ fn finish_hold<A: ShardAccess>(
 
     // Decided: apply.
     if let Some(undo) = undo {
-        undo.push(Undo::Account {
-            partition: dp,
-            slot: ds,
-            old: debit,
-        });
-        undo.push(Undo::Account {
-            partition: cp,
-            slot: cs,
-            old: credit,
-        });
-        undo.push(Undo::HoldState {
-            partition: dp,
-            id: t.pending_id,
-            old: hold.state,
-        });
+        undo.push(Undo::Account { partition: dp, slot: ds, old: debit });
+        undo.push(Undo::Account { partition: cp, slot: cs, old: credit });
+        undo.push(Undo::HoldState { partition: dp, id: t.pending_id, old: hold.state });
     }
     debit.debits_pending -= hold.amount;
     credit.credits_pending -= hold.amount;
@@ -640,15 +553,8 @@ fn finish_hold<A: ShardAccess>(
         // What was held but not posted no longer counts against today's limit.
         debit.daily_debited -= hold.amount - posted;
     }
-    access
-        .shard(dp)
-        .hold_mut(t.pending_id)
-        .expect("checked above")
-        .state = if post {
-        HoldState::Posted
-    } else {
-        HoldState::Voided
-    };
+    access.shard(dp).hold_mut(t.pending_id).expect("checked above").state =
+        if post { HoldState::Posted } else { HoldState::Voided };
     access.shard(dp).put(ds, debit);
     access.shard(cp).put(cs, credit);
     Ok(())
@@ -680,10 +586,7 @@ fn create_account<A: ShardAccess>(
     if AccountKind::from_code(new.kind).is_none() {
         return ResultCode::AccountKindInvalid;
     }
-    if new.overdraft_limit != 0
-        && !new
-            .flags
-            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+    if new.overdraft_limit != 0 && !new.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
     {
         return ResultCode::OverdraftRequiresBalanceCheck;
     }

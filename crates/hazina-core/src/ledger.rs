@@ -50,6 +50,11 @@ pub struct LedgerConfig {
     pub limit_profiles_max: usize,
     /// Accounts to reserve memory for up front, over all partitions.
     pub accounts_capacity: usize,
+    /// Transfer records kept in memory per generation, over all partitions; 0 keeps every
+    /// record. With a size set, at most two generations are resident (plus the records of
+    /// pending holds) and older records leave memory: a host that sets it must load back with
+    /// [`Ledger::load_transfer`] every record a batch names before applying it.
+    pub transfers_generation_max: usize,
 }
 
 impl Default for LedgerConfig {
@@ -63,6 +68,7 @@ impl Default for LedgerConfig {
             holds_per_account_max: 32,
             limit_profiles_max: 1_024,
             accounts_capacity: 0,
+            transfers_generation_max: 0,
         }
     }
 }
@@ -93,23 +99,13 @@ impl std::fmt::Display for ApplyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApplyError::BatchTooLarge { commands, max } => {
-                write!(
-                    f,
-                    "batch of {commands} commands exceeds the maximum of {max}"
-                )
+                write!(f, "batch of {commands} commands exceeds the maximum of {max}")
             }
             ApplyError::TimestampNotIncreasing { timestamp, last } => {
-                write!(
-                    f,
-                    "batch timestamp {timestamp} is not after the last one, {last}"
-                )
+                write!(f, "batch timestamp {timestamp} is not after the last one, {last}")
             }
             ApplyError::TimestampOverflow => write!(f, "batch timestamps would overflow"),
-            ApplyError::AccountsFull {
-                accounts,
-                creating,
-                max,
-            } => write!(
+            ApplyError::AccountsFull { accounts, creating, max } => write!(
                 f,
                 "ledger holds {accounts} accounts; creating up to {creating} more could pass the \
                  maximum of {max}"
@@ -140,6 +136,7 @@ struct Scratch {
     masks: Vec<u64>,
     units: Vec<Unit>,
     results: Vec<AtomicU16>,
+    fresh: Vec<AtomicBool>,
     ids: Option<FastMap<Key, u32>>,
     out: Vec<ResultCode>,
     undo: Vec<Undo>,
@@ -174,25 +171,19 @@ impl Ledger {
             )));
         }
         if config.batch_commands_max == 0 || config.batch_commands_max >= NONE as usize {
-            return Err(ConfigError(
-                "batch_commands_max must be 1 to 2^32 - 2".into(),
-            ));
+            return Err(ConfigError("batch_commands_max must be 1 to 2^32 - 2".into()));
         }
         // Slots are u32 per partition; bounding the total keeps any partition below that
         // however the ids happen to hash.
         if config.accounts_max >= u32::MAX as usize {
-            return Err(ConfigError(format!(
-                "accounts_max must be below {}",
-                u32::MAX
-            )));
+            return Err(ConfigError(format!("accounts_max must be below {}", u32::MAX)));
         }
         let per_partition = config.accounts_capacity.div_ceil(config.partitions);
-        let shards = (0..config.partitions)
-            .map(|_| Mutex::new(Shard::new(per_partition)))
-            .collect();
-        let transfers = (0..config.partitions)
-            .map(|_| TransferShard::new())
-            .collect();
+        let shards =
+            (0..config.partitions).map(|_| Mutex::new(Shard::new(per_partition))).collect();
+        let generation_max = config.transfers_generation_max.div_ceil(config.partitions);
+        let transfers =
+            (0..config.partitions).map(|_| TransferShard::new(generation_max)).collect();
         let mut profiles = BTreeMap::new();
         profiles.insert(0, LimitProfile::UNLIMITED);
         Ok(Ledger {
@@ -233,13 +224,7 @@ impl Ledger {
         self.expire_holds(timestamp);
         self.plan(commands);
 
-        let Ledger {
-            config,
-            shards,
-            transfers,
-            scratch,
-            ..
-        } = self;
+        let Ledger { config, shards, transfers, scratch, .. } = self;
         let ctx = BatchCtx {
             commands,
             timestamp,
@@ -249,6 +234,7 @@ impl Ledger {
             first: &scratch.first,
             pending_ref: &scratch.pending_ref,
             results: &scratch.results,
+            fresh: &scratch.fresh,
             transfers,
         };
         let parallel = config.threads > 1 && commands.len() >= config.parallel_batch_min;
@@ -265,9 +251,8 @@ impl Ledger {
             ResultCode::from_code(code.load(Ordering::Relaxed)).expect("every command has a result")
         }));
 
-        record(
-            commands, timestamp, results, config, shards, transfers, parallel,
-        );
+        let record_threads = if parallel { config.threads } else { 1 };
+        record(commands, timestamp, results, &scratch.fresh, shards, transfers, record_threads);
         for (command, result) in commands.iter().zip(results.iter()) {
             match command {
                 Command::CreateAccount(_) if *result == ResultCode::Ok => self.accounts_count += 1,
@@ -297,16 +282,10 @@ impl Ledger {
                 last: self.timestamp_last,
             });
         }
-        if timestamp
-            .checked_add(commands.len() as u64)
-            .is_none_or(|end| end == Timestamp::MAX)
-        {
+        if timestamp.checked_add(commands.len() as u64).is_none_or(|end| end == Timestamp::MAX) {
             return Err(ApplyError::TimestampOverflow);
         }
-        let creating = commands
-            .iter()
-            .filter(|c| matches!(c, Command::CreateAccount(_)))
-            .count();
+        let creating = commands.iter().filter(|c| matches!(c, Command::CreateAccount(_))).count();
         if self.accounts_count + creating > self.config.accounts_max {
             return Err(ApplyError::AccountsFull {
                 accounts: self.accounts_count,
@@ -326,11 +305,8 @@ impl Ledger {
             if shard.expiries.first().is_none_or(|&(at, _)| at > timestamp) {
                 continue;
             }
-            let due: Vec<(Timestamp, u128)> = shard
-                .expiries
-                .range(..=(timestamp, u128::MAX))
-                .copied()
-                .collect();
+            let due: Vec<(Timestamp, u128)> =
+                shard.expiries.range(..=(timestamp, u128::MAX)).copied().collect();
             for (_, id) in due {
                 let shard = self.shards[p].get_mut();
                 let hold = shard.hold_remove(id);
@@ -359,11 +335,7 @@ impl Ledger {
     /// Splits the batch into units and works out which partitions each may touch.
     fn plan(&mut self, commands: &[Command]) {
         let partitions = self.config.partitions;
-        let all_partitions = if partitions == 64 {
-            u64::MAX
-        } else {
-            (1u64 << partitions) - 1
-        };
+        let all_partitions = if partitions == 64 { u64::MAX } else { (1u64 << partitions) - 1 };
         let bit = |id: u128| 1u64 << partition_of(id, partitions);
         let s = &mut self.scratch;
         let n = commands.len();
@@ -373,6 +345,8 @@ impl Ledger {
         s.units.clear();
         s.results.clear();
         s.results.resize_with(n, || AtomicU16::new(u16::MAX));
+        s.fresh.clear();
+        s.fresh.resize_with(n, || AtomicBool::new(false));
         let ids = s.ids.get_or_insert_with(|| fast_map(0));
         ids.clear();
         ids.reserve(n);
@@ -389,11 +363,7 @@ impl Ledger {
                         NONE
                     };
                     let first = *ids.entry(Key::from(t.id)).or_insert(index);
-                    (
-                        bit(t.debit_account_id) | bit(t.credit_account_id),
-                        first,
-                        pending_ref,
-                    )
+                    (bit(t.debit_account_id) | bit(t.credit_account_id), first, pending_ref)
                 }
                 Command::CreateAccount(a) => (bit(a.id), index, NONE),
                 Command::SetAccountStatus { account_id, .. } => (bit(*account_id), index, NONE),
@@ -448,26 +418,15 @@ impl Ledger {
     /// accounts, transfer records, limit profiles and clocks are equal. Independent of the
     /// number of partitions. O(partitions + profiles).
     pub fn digest(&self) -> u128 {
-        let accounts = self
-            .shards
-            .iter()
-            .fold(0u128, |sum, s| sum.wrapping_add(s.lock().digest));
-        let transfers = self
-            .transfers
-            .iter()
-            .fold(0u128, |sum, t| sum.wrapping_add(t.digest));
+        let accounts = self.shards.iter().fold(0u128, |sum, s| sum.wrapping_add(s.lock().digest));
+        let transfers = self.transfers.iter().fold(0u128, |sum, t| sum.wrapping_add(t.digest));
         let mut bytes = Vec::with_capacity(48 + self.profiles.len() * 68);
         bytes.extend_from_slice(&accounts.to_le_bytes());
         bytes.extend_from_slice(&transfers.to_le_bytes());
         bytes.extend_from_slice(&self.timestamp_last.to_le_bytes());
         for (id, p) in &self.profiles {
             bytes.extend_from_slice(&id.to_le_bytes());
-            for limit in [
-                p.per_transfer_max,
-                p.daily_debit_max,
-                p.balance_max,
-                p.amount_min,
-            ] {
+            for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
                 bytes.extend_from_slice(&limit.to_le_bytes());
             }
         }
@@ -479,32 +438,24 @@ impl Ledger {
         shard.find(id).map(|(_, account)| account)
     }
 
-    /// A resident transfer record: every transfer, unless evicted with
-    /// [`Ledger::evict_transfers_before`].
+    /// A resident transfer record: every transfer, unless
+    /// [`LedgerConfig::transfers_generation_max`] moved it out of memory.
     pub fn transfer(&self, id: u128) -> Option<Transfer> {
-        self.transfers[partition_of(id, self.config.partitions)]
-            .get(id)
-            .copied()
+        self.transfers[partition_of(id, self.config.partitions)].get(id).copied()
     }
 
     /// Every account, ordered by id.
     pub fn accounts(&self) -> Vec<Account> {
-        let mut all: Vec<Account> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.lock().accounts.clone())
-            .collect();
+        let mut all: Vec<Account> =
+            self.shards.iter().flat_map(|s| s.lock().accounts.clone()).collect();
         all.sort_unstable_by_key(|a| a.id);
         all
     }
 
     /// Every resident transfer record, ordered by id.
     pub fn transfers(&self) -> Vec<Transfer> {
-        let mut all: Vec<Transfer> = self
-            .transfers
-            .iter()
-            .flat_map(|t| t.records.values().copied())
-            .collect();
+        let mut all: Vec<Transfer> =
+            self.transfers.iter().flat_map(|t| t.records().copied()).collect();
         all.sort_unstable_by_key(|t| t.new.id);
         all
     }
@@ -518,31 +469,18 @@ impl Ledger {
     }
 
     pub fn transfers_resident(&self) -> usize {
-        self.transfers.iter().map(|t| t.records.len()).sum()
+        self.transfers.iter().map(TransferShard::len).sum()
     }
 
     pub fn timestamp_last(&self) -> Timestamp {
         self.timestamp_last
     }
 
-    /// Makes resident again a record evicted by [`Ledger::evict_transfers_before`], as read
-    /// back from storage. Changes neither the state nor the digest; a record already resident
-    /// is kept as it is.
+    /// Makes resident again a record that left memory (see
+    /// [`LedgerConfig::transfers_generation_max`]), as read back from storage. Changes neither
+    /// the state nor the digest; a record already resident is kept as it is.
     pub fn load_transfer(&mut self, record: Transfer) {
         self.transfers[partition_of(record.new.id, self.config.partitions)].load(record);
-    }
-
-    /// Drops from memory the records of finished transfers stamped before `timestamp`; records
-    /// of pending holds stay. The ledger's state and digest do not change, but a later batch that
-    /// resubmits an evicted id, or posts or voids a hold whose record was evicted, is answered
-    /// as if the id were new: a host that evicts must first load back from storage every record
-    /// such a batch names (see `docs/ARCHITECTURE.md`).
-    pub fn evict_transfers_before(&mut self, timestamp: Timestamp) {
-        for shard in &mut self.transfers {
-            shard
-                .records
-                .retain(|_, t| t.timestamp >= timestamp || t.hold == HoldState::Pending);
-        }
     }
 }
 
@@ -615,10 +553,7 @@ fn execute_parallel(ctx: &BatchCtx<'_>, units: &[Unit], shards: &[Mutex<Shard>],
         let mut out = Vec::new();
         let mut undo = Vec::new();
         let run = |unit: &Unit, out: &mut Vec<ResultCode>, undo: &mut Vec<Undo>| {
-            let mut access = LockedAccess {
-                partitions: Vec::new(),
-                guards: Vec::new(),
-            };
+            let mut access = LockedAccess { partitions: Vec::new(), guards: Vec::new() };
             let mut rest = unit.mask;
             // Ascending order; the locks are uncontended anyway (see the module docs).
             while rest != 0 {
@@ -664,34 +599,29 @@ fn record(
     commands: &[Command],
     timestamp: Timestamp,
     results: &[ResultCode],
-    config: &LedgerConfig,
+    fresh: &[AtomicBool],
     shards: &mut [Mutex<Shard>],
     transfers: &mut [TransferShard],
-    parallel: bool,
+    threads: usize,
 ) {
-    let partitions = config.partitions;
+    let partitions = shards.len();
     let record_partition = |p: usize, shard: &mut Shard, records: &mut TransferShard| {
         for (i, command) in commands.iter().enumerate() {
             let Command::CreateTransfer(t) = command else {
                 continue;
             };
-            if t.id == 0 || t.id == u128::MAX || partition_of(t.id, partitions) != p {
+            // Only the command that decided a new id is recorded; resubmissions (of an earlier
+            // batch's id or an earlier command's) only replayed an outcome.
+            if !fresh[i].load(Ordering::Relaxed) || partition_of(t.id, partitions) != p {
                 continue;
             }
-            // The first command of the batch with an id not recorded before is the one that
-            // decided it; later ones (and resubmissions of older ids) only replayed an outcome.
             let result = results[i];
             let hold = if result == ResultCode::Ok && t.flags.pending() {
                 HoldState::Pending
             } else {
                 HoldState::None
             };
-            records.insert_new(Transfer {
-                new: *t,
-                timestamp: timestamp + i as u64,
-                result,
-                hold,
-            });
+            records.insert_new(Transfer { new: *t, timestamp: timestamp + i as u64, result, hold });
         }
         for (i, command) in commands.iter().enumerate() {
             let Command::CreateTransfer(t) = command else {
@@ -700,11 +630,7 @@ fn record(
             if results[i] != ResultCode::Ok || !(t.flags.post_pending() || t.flags.void_pending()) {
                 continue;
             }
-            let state = if t.flags.post_pending() {
-                HoldState::Posted
-            } else {
-                HoldState::Voided
-            };
+            let state = if t.flags.post_pending() { HoldState::Posted } else { HoldState::Voided };
             if partition_of(t.pending_id, partitions) == p {
                 records.set_hold_state(t.pending_id, state);
             }
@@ -714,8 +640,7 @@ fn record(
             }
         }
     };
-    if parallel {
-        let threads = config.threads;
+    if threads > 1 {
         let mut per_worker: Vec<Vec<(usize, &mut Shard, &mut TransferShard)>> =
             (0..threads).map(|_| Vec::new()).collect();
         for (p, (shard, records)) in shards.iter_mut().zip(transfers.iter_mut()).enumerate() {

@@ -103,8 +103,7 @@ impl Shard {
     }
 
     pub fn find(&self, id: u128) -> Option<(u32, Account)> {
-        self.slot(id)
-            .map(|slot| (slot, self.accounts[slot as usize]))
+        self.slot(id).map(|slot| (slot, self.accounts[slot as usize]))
     }
 
     pub fn get(&self, slot: u32) -> &Account {
@@ -156,57 +155,91 @@ impl Shard {
     }
 }
 
-/// The transfer records whose ids hash to one partition.
+/// The transfer records whose ids hash to one partition, in two generations.
+///
+/// New records go into `current`. When a generation size is set and `current` is full, the
+/// records of `previous` leave memory (all but those of pending holds, which move into the new
+/// current generation) and the two swap. Clearing a map keeps its allocation, so after the first
+/// two generations recording never rehashes nor touches fresh pages: the cost of a rotation is
+/// one pass over a generation, spread over the generation's inserts.
 #[derive(Debug)]
 pub(crate) struct TransferShard {
-    pub records: FastMap<Key, Transfer>,
+    current: FastMap<Key, Transfer>,
+    previous: FastMap<Key, Transfer>,
+    /// Records per generation; 0 keeps every record resident.
+    generation_max: usize,
     /// Wrapping sum of the digests of every transfer ever recorded here (evicting a record from
     /// memory does not change the ledger's state, so it does not change the digest).
     pub digest: u128,
 }
 
 impl TransferShard {
-    pub fn new() -> TransferShard {
+    pub fn new(generation_max: usize) -> TransferShard {
         TransferShard {
-            records: fast_map(0),
+            current: fast_map(generation_max),
+            previous: fast_map(generation_max),
+            generation_max,
             digest: 0,
         }
     }
 
     pub fn get(&self, id: u128) -> Option<&Transfer> {
-        self.records.get(&Key::from(id))
+        let key = Key::from(id);
+        self.current.get(&key).or_else(|| self.previous.get(&key))
     }
 
-    /// Records a new transfer. Returns false, changing nothing, if the id is already recorded.
-    pub fn insert_new(&mut self, transfer: Transfer) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.records.entry(Key::from(transfer.new.id)) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(slot) => {
-                self.digest = self
-                    .digest
-                    .wrapping_add(digest_of(&transfer.digest_bytes()));
-                slot.insert(transfer);
-                true
-            }
+    fn get_mut(&mut self, id: u128) -> Option<&mut Transfer> {
+        let key = Key::from(id);
+        match self.current.get_mut(&key) {
+            Some(record) => Some(record),
+            None => self.previous.get_mut(&key),
         }
     }
 
-    /// Makes an evicted record resident again. The digest already counts it.
+    pub fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Transfer> {
+        self.current.values().chain(self.previous.values())
+    }
+
+    /// Records a transfer whose id was never recorded (the batch's execution decided so: the
+    /// id cannot be checked here, as its earlier record may have left memory).
+    pub fn insert_new(&mut self, transfer: Transfer) {
+        debug_assert!(self.get(transfer.new.id).is_none(), "{} recorded twice", transfer.new.id);
+        self.digest = self.digest.wrapping_add(digest_of(&transfer.digest_bytes()));
+        if self.generation_max != 0 && self.current.len() >= self.generation_max {
+            self.rotate();
+        }
+        self.current.insert(Key::from(transfer.new.id), transfer);
+    }
+
+    /// Makes a record that left memory resident again. The digest already counts it. Never
+    /// rotates: the records loaded for a batch must all be resident when it applies, so a
+    /// generation may pass its size by what one batch loads.
     pub fn load(&mut self, transfer: Transfer) {
-        self.records
-            .entry(Key::from(transfer.new.id))
-            .or_insert(transfer);
+        if self.get(transfer.new.id).is_none() {
+            self.current.insert(Key::from(transfer.new.id), transfer);
+        }
+    }
+
+    fn rotate(&mut self) {
+        let mut oldest = std::mem::take(&mut self.previous);
+        let pending: Vec<(Key, Transfer)> =
+            oldest.drain().filter(|(_, t)| t.hold == HoldState::Pending).collect();
+        self.previous = std::mem::replace(&mut self.current, oldest);
+        // Holds can be posted or voided at any time: their records stay resident.
+        self.current.extend(pending);
     }
 
     pub fn set_hold_state(&mut self, id: u128, state: HoldState) {
-        let record = self
-            .records
-            .get_mut(&Key::from(id))
-            .unwrap_or_else(|| panic!("the record of hold {id} must be resident"));
+        let record =
+            self.get_mut(id).unwrap_or_else(|| panic!("the record of hold {id} must be resident"));
         debug_assert_eq!(record.hold, HoldState::Pending);
-        self.digest = self.digest.wrapping_sub(digest_of(&record.digest_bytes()));
+        let before = digest_of(&record.digest_bytes());
         record.hold = state;
-        self.digest = self.digest.wrapping_add(digest_of(&record.digest_bytes()));
+        let after = digest_of(&record.digest_bytes());
+        self.digest = self.digest.wrapping_sub(before).wrapping_add(after);
     }
 }

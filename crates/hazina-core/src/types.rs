@@ -68,9 +68,7 @@ impl AccountKind {
     ];
 
     pub fn from_code(code: u16) -> Option<AccountKind> {
-        AccountKind::ALL
-            .into_iter()
-            .find(|kind| *kind as u16 == code)
+        AccountKind::ALL.into_iter().find(|kind| *kind as u16 == code)
     }
 }
 

@@ -29,9 +29,7 @@ pub fn conservation(accounts: &[Account]) -> Result<(), String> {
             ));
         }
         if dh != ch {
-            return Err(format!(
-                "currency {currency}: held debits {dh:?} != held credits {ch:?}"
-            ));
+            return Err(format!("currency {currency}: held debits {dh:?} != held credits {ch:?}"));
         }
     }
     Ok(())
@@ -46,15 +44,10 @@ pub fn limits(
     holds_per_account_max: u16,
 ) -> Result<(), String> {
     for a in accounts {
-        if a.flags
-            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-        {
+        if a.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
             let exposure = a.debits_posted.checked_add(a.debits_pending);
             if exposure.is_none_or(|e| e > a.credits_posted.saturating_add(a.overdraft_limit)) {
-                return Err(format!(
-                    "account {} is overdrawn past its limit: {a:?}",
-                    a.id
-                ));
+                return Err(format!("account {} is overdrawn past its limit: {a:?}", a.id));
             }
         }
         if a.flags.contains(AccountFlags::NO_DEBITS) && (a.debits_posted | a.debits_pending) != 0 {

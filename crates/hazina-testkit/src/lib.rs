@@ -14,21 +14,12 @@ pub mod world;
 /// `base` (the count can be raised with `HAZINA_CASES`).
 pub fn seeds(base: u64, cases: usize) -> Vec<u64> {
     if let Ok(seed) = std::env::var("HAZINA_SEED") {
-        let seed = seed
-            .trim()
-            .parse()
-            .expect("HAZINA_SEED must be an unsigned integer");
+        let seed = seed.trim().parse().expect("HAZINA_SEED must be an unsigned integer");
         return vec![seed];
     }
     let cases = std::env::var("HAZINA_CASES")
         .ok()
-        .map(|c| {
-            c.trim()
-                .parse()
-                .expect("HAZINA_CASES must be an unsigned integer")
-        })
+        .map(|c| c.trim().parse().expect("HAZINA_CASES must be an unsigned integer"))
         .unwrap_or(cases);
-    (0..cases as u64)
-        .map(|k| base.wrapping_mul(0x9e37_79b9).wrapping_add(k))
-        .collect()
+    (0..cases as u64).map(|k| base.wrapping_mul(0x9e37_79b9).wrapping_add(k)).collect()
 }

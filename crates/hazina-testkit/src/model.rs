@@ -140,11 +140,7 @@ impl Model {
             } else if t.id == u128::MAX {
                 ResultCode::IdMustNotBeIntMax
             } else if let Some(first) = self.transfers.get(&t.id) {
-                if ids.contains(&t.id) {
-                    ResultCode::DuplicateIdInChain
-                } else {
-                    replay(first, t)
-                }
+                if ids.contains(&t.id) { ResultCode::DuplicateIdInChain } else { replay(first, t) }
             } else {
                 let code = match failed {
                     Some((at, code)) if at == k => code,
@@ -167,15 +163,8 @@ impl Model {
         } else {
             HoldState::None
         };
-        let previous = self.transfers.insert(
-            t.id,
-            Transfer {
-                new: *t,
-                timestamp: stamp,
-                result,
-                hold,
-            },
-        );
+        let previous =
+            self.transfers.insert(t.id, Transfer { new: *t, timestamp: stamp, result, hold });
         assert!(previous.is_none());
     }
 
@@ -212,12 +201,7 @@ impl Model {
         if f.has_reserved_bits() {
             return Err(R::ReservedFlag);
         }
-        if [f.pending(), f.post_pending(), f.void_pending()]
-            .iter()
-            .filter(|x| **x)
-            .count()
-            > 1
-        {
+        if [f.pending(), f.post_pending(), f.void_pending()].iter().filter(|x| **x).count() > 1 {
             return Err(R::FlagsAreMutuallyExclusive);
         }
         if t.debit_account_id == 0 {
@@ -255,23 +239,14 @@ impl Model {
         if t.amount == 0 && !f.void_pending() {
             return Err(R::AmountMustNotBeZero);
         }
-        if finishing {
-            self.finish_hold(t)
-        } else {
-            self.move_money(t, stamp)
-        }
+        if finishing { self.finish_hold(t) } else { self.move_money(t, stamp) }
     }
 
     fn move_money(&mut self, t: &NewTransfer, stamp: Timestamp) -> Result<(), ResultCode> {
         use ResultCode as R;
-        let mut debit = *self
-            .accounts
-            .get(&t.debit_account_id)
-            .ok_or(R::DebitAccountNotFound)?;
-        let mut credit = *self
-            .accounts
-            .get(&t.credit_account_id)
-            .ok_or(R::CreditAccountNotFound)?;
+        let mut debit = *self.accounts.get(&t.debit_account_id).ok_or(R::DebitAccountNotFound)?;
+        let mut credit =
+            *self.accounts.get(&t.credit_account_id).ok_or(R::CreditAccountNotFound)?;
         if debit.currency != t.currency || credit.currency != t.currency {
             return Err(R::CurrencyMismatch);
         }
@@ -301,22 +276,13 @@ impl Model {
         }
         let overflow = R::ArithmeticOverflow;
         let pending = t.flags.pending();
-        let debit_side = if pending {
-            debit.debits_pending
-        } else {
-            debit.debits_posted
-        };
-        let credit_side = if pending {
-            credit.credits_pending
-        } else {
-            credit.credits_posted
-        };
+        let debit_side = if pending { debit.debits_pending } else { debit.debits_posted };
+        let credit_side = if pending { credit.credits_pending } else { credit.credits_posted };
         let debit_total = debit_side.checked_add(amount).ok_or(overflow)?;
         let credit_total = credit_side.checked_add(amount).ok_or(overflow)?;
         let expires_at = if pending && t.timeout_s > 0 {
-            let at = stamp
-                .checked_add(u64::from(t.timeout_s) * NANOS_PER_SECOND)
-                .ok_or(overflow)?;
+            let at =
+                stamp.checked_add(u64::from(t.timeout_s) * NANOS_PER_SECOND).ok_or(overflow)?;
             if at == u64::MAX {
                 return Err(overflow);
             }
@@ -324,10 +290,7 @@ impl Model {
         } else {
             None
         };
-        if debit
-            .flags
-            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
-        {
+        if debit.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) {
             let overdraft = if t.tx_type == TransactionType::CashOut as u16 {
                 0
             } else {
@@ -343,11 +306,7 @@ impl Model {
             }
         }
         let today = nairobi_day(stamp);
-        let used = if debit.daily_day == today {
-            debit.daily_debited
-        } else {
-            0
-        };
+        let used = if debit.daily_day == today { debit.daily_debited } else { 0 };
         let daily = used.checked_add(amount).ok_or(overflow)?;
         if daily > debit_limits.daily_debit_max {
             return Err(R::ExceedsDailyLimit);
@@ -442,14 +401,9 @@ impl Model {
             }
         }
         let posted = if post { t.amount } else { 0 };
-        let debits_posted = debit
-            .debits_posted
-            .checked_add(posted)
-            .ok_or(R::ArithmeticOverflow)?;
-        let credits_posted = credit
-            .credits_posted
-            .checked_add(posted)
-            .ok_or(R::ArithmeticOverflow)?;
+        let debits_posted = debit.debits_posted.checked_add(posted).ok_or(R::ArithmeticOverflow)?;
+        let credits_posted =
+            credit.credits_posted.checked_add(posted).ok_or(R::ArithmeticOverflow)?;
         debit.debits_pending -= hold.amount;
         credit.credits_pending -= hold.amount;
         debit.holds_pending -= 1;
@@ -461,11 +415,8 @@ impl Model {
         self.accounts.insert(debit.id, debit);
         self.accounts.insert(credit.id, credit);
         self.holds.remove(&t.pending_id);
-        self.transfers.get_mut(&t.pending_id).unwrap().hold = if post {
-            HoldState::Posted
-        } else {
-            HoldState::Voided
-        };
+        self.transfers.get_mut(&t.pending_id).unwrap().hold =
+            if post { HoldState::Posted } else { HoldState::Voided };
         Ok(())
     }
 
@@ -514,9 +465,7 @@ impl Model {
             return R::AccountKindInvalid;
         }
         if new.overdraft_limit > 0
-            && !new
-                .flags
-                .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
+            && !new.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS)
         {
             return R::OverdraftRequiresBalanceCheck;
         }

@@ -48,6 +48,13 @@ impl Population {
 
     /// Batches (each at most `batch_max` commands) that create the population and fund it.
     pub fn genesis(&self, batch_max: usize) -> Vec<Vec<Command>> {
+        let mut batches = self.accounts(batch_max);
+        batches.extend(self.funding(batch_max));
+        batches
+    }
+
+    /// Batches that set the limit profiles and create every account, unfunded.
+    pub fn accounts(&self, batch_max: usize) -> Vec<Vec<Command>> {
         let mut commands = vec![
             Command::SetLimitProfile {
                 profile_id: WALLET_PROFILE,
@@ -95,6 +102,12 @@ impl Population {
                 ..NewAccount::default()
             }));
         }
+        commands.chunks(batch_max).map(<[Command]>::to_vec).collect()
+    }
+
+    /// Batches that give every customer its starting balance from the trust account.
+    pub fn funding(&self, batch_max: usize) -> Vec<Vec<Command>> {
+        let mut commands = Vec::new();
         for k in 0..self.customers {
             commands.push(Command::CreateTransfer(NewTransfer {
                 id: u128::from(k) + 1,
@@ -106,10 +119,7 @@ impl Population {
                 ..NewTransfer::default()
             }));
         }
-        commands
-            .chunks(batch_max)
-            .map(<[Command]>::to_vec)
-            .collect()
+        commands.chunks(batch_max).map(<[Command]>::to_vec).collect()
     }
 }
 
@@ -161,14 +171,12 @@ impl Traffic {
         let r = &mut self.rng;
         let sender = r.random_range(0..p.customers);
         let (credit, tx_type) = match self.skew {
-            Skew::HotMerchants { hot } if r.random_bool(0.5) => (
-                p.merchant(r.random_range(0..hot)),
-                TransactionType::BuyGoods,
-            ),
-            _ if r.random_bool(0.2) => (
-                p.merchant(r.random_range(0..p.merchants)),
-                TransactionType::BuyGoods,
-            ),
+            Skew::HotMerchants { hot } if r.random_bool(0.5) => {
+                (p.merchant(r.random_range(0..hot)), TransactionType::BuyGoods)
+            }
+            _ if r.random_bool(0.2) => {
+                (p.merchant(r.random_range(0..p.merchants)), TransactionType::BuyGoods)
+            }
             _ => {
                 let mut receiver = r.random_range(0..p.customers);
                 if receiver == sender {
@@ -196,9 +204,7 @@ impl Traffic {
 
     /// A batch of `n` transfers.
     pub fn batch(&mut self, n: usize) -> Vec<Command> {
-        (0..n)
-            .map(|_| Command::CreateTransfer(self.transfer()))
-            .collect()
+        (0..n).map(|_| Command::CreateTransfer(self.transfer())).collect()
     }
 }
 

@@ -19,11 +19,7 @@ pub const CURRENCY_USD: u16 = 840;
 /// transfers mostly follow it, so that currency mismatches are a rule that is hit, not the
 /// outcome of most transfers.
 pub fn currency_of(id: u128) -> u16 {
-    if id % 7 == 2 {
-        CURRENCY_USD
-    } else {
-        CURRENCY_KES
-    }
+    if id % 7 == 2 { CURRENCY_USD } else { CURRENCY_KES }
 }
 
 /// 2025-06-01T00:00:00Z, where every random history starts.
@@ -46,10 +42,7 @@ pub struct WorldConfig {
 
 impl Default for WorldConfig {
     fn default() -> WorldConfig {
-        WorldConfig {
-            accounts: 16,
-            batch_commands_max: 40,
-        }
+        WorldConfig { accounts: 16, batch_commands_max: 40 }
     }
 }
 
@@ -84,11 +77,7 @@ impl World {
     /// The next batch and its timestamp.
     pub fn next_batch(&mut self) -> (Timestamp, Vec<Command>) {
         let timestamp = self.advance_time();
-        let commands = if self.batches == 0 {
-            self.genesis()
-        } else {
-            self.random_batch()
-        };
+        let commands = if self.batches == 0 { self.genesis() } else { self.random_batch() };
         self.batches += 1;
         self.timestamp_next = timestamp + commands.len() as u64;
         (timestamp, commands)
@@ -372,11 +361,7 @@ impl World {
         } else {
             self.counterparty(debit_account_id)
         };
-        let mut flags = if pending {
-            TransferFlags::PENDING
-        } else {
-            TransferFlags::default()
-        };
+        let mut flags = if pending { TransferFlags::PENDING } else { TransferFlags::default() };
         let r = &mut self.rng;
         if r.random_bool(0.01) {
             flags = flags | TransferFlags(1 << 7);
@@ -448,17 +433,9 @@ impl World {
             user_data_64: 0,
             user_data_32: 0,
             timeout_s: 0,
-            currency: if r.random_bool(0.02) {
-                CURRENCY_USD
-            } else {
-                hold.currency
-            },
+            currency: if r.random_bool(0.02) { CURRENCY_USD } else { hold.currency },
             tx_type: TransactionType::BuyGoods as u16,
-            flags: if post {
-                TransferFlags::POST_PENDING
-            } else {
-                TransferFlags::VOID_PENDING
-            },
+            flags: if post { TransferFlags::POST_PENDING } else { TransferFlags::VOID_PENDING },
         }
     }
 

@@ -1,0 +1,49 @@
+//! A plain loop of `Ledger::apply` for profilers (perf, valgrind), without criterion around it:
+//! `cargo build --release -p hazina-benches --example apply_loop` then
+//! `perf record -e cpu-clock -g target/release/examples/apply_loop [batches] [partitions]`.
+//! Prints the rate it reached.
+
+#![allow(clippy::cast_possible_truncation, clippy::cast_lossless, clippy::cast_precision_loss)]
+
+use std::time::{Duration, Instant};
+
+use hazina_core::{Ledger, LedgerConfig};
+use hazina_testkit::traffic::{Clock, KES, Population, Skew, Traffic};
+use hazina_testkit::world::EPOCH;
+
+#[allow(clippy::print_stdout)] // The rate is this program's output.
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let batches: usize = args.next().map_or(500, |a| a.parse().expect("batches"));
+    let partitions: usize = args.next().map_or(1, |a| a.parse().expect("partitions"));
+    let population =
+        Population { customers: 999_000, merchants: 1_000, customer_balance: 1_000 * KES };
+    let mut ledger = Ledger::new(LedgerConfig {
+        partitions,
+        threads: partitions,
+        accounts_capacity: 1_000_001,
+        transfers_generation_max: 2_000_000,
+        ..LedgerConfig::default()
+    })
+    .expect("valid configuration");
+    let mut clock = Clock::new(EPOCH);
+    for batch in population.genesis(8_000) {
+        ledger.apply(clock.stamp(batch.len()), &batch).expect("genesis applies");
+    }
+    let mut traffic = Traffic::new(population, 1, Skew::Uniform, 50);
+    let mut results = Vec::new();
+    let mut timed = Duration::ZERO;
+    for _ in 0..batches {
+        let batch = traffic.batch(8_000);
+        let stamp = clock.stamp(batch.len());
+        let start = Instant::now();
+        ledger.apply_into(stamp, &batch, &mut results).expect("batch applies");
+        timed += start.elapsed();
+    }
+    let transfers = batches * 8_000;
+    println!(
+        "{transfers} transfers in {:.3} s: {:.0} transfers/s",
+        timed.as_secs_f64(),
+        transfers as f64 / timed.as_secs_f64()
+    );
+}
