@@ -50,6 +50,9 @@ pub(crate) struct BatchCtx<'a> {
     /// Per command: set when its transfer id was never recorded before, so that the batch
     /// records it. Written by the unit, read after every unit is done.
     pub fresh: &'a [AtomicBool],
+    /// Per command: the slots of a transfer's debit and credit accounts, resolved before
+    /// execution (`NONE` when the account did not exist then; it may have been created since).
+    pub slots: &'a [[u32; 2]],
     /// Transfer records of earlier batches; not written until the batch's units are all done.
     pub transfers: &'a [TransferShard],
 }
@@ -330,13 +333,22 @@ fn profile<A: ShardAccess>(access: &mut A, partition: usize, id: LimitProfileId)
         .expect("accounts name only profiles that exist, and profiles are never removed")
 }
 
+/// An account of a transfer, by its resolved slot when it has one.
 fn find<A: ShardAccess>(
     access: &mut A,
     partition: usize,
     id: u128,
+    resolved: u32,
     missing: ResultCode,
 ) -> Result<(u32, Account), ResultCode> {
-    access.shard(partition).find(id).ok_or(missing)
+    let shard = access.shard(partition);
+    if resolved != NONE {
+        // Accounts are never removed, so a slot resolved before the batch still holds the id.
+        let account = *shard.get(resolved);
+        assert_eq!(account.id, id, "resolved slot {resolved} holds another account");
+        return Ok((resolved, account));
+    }
+    shard.find(id).ok_or(missing)
 }
 
 fn check_debit_status(account: &Account) -> Result<(), ResultCode> {
@@ -369,9 +381,11 @@ fn move_money<A: ShardAccess>(
 ) -> Result<(), ResultCode> {
     let timestamp = ctx.timestamp_of(index);
     let (dp, cp) = (ctx.partition(t.debit_account_id), ctx.partition(t.credit_account_id));
-    let (ds, mut debit) = find(access, dp, t.debit_account_id, ResultCode::DebitAccountNotFound)?;
+    let [debit_slot, credit_slot] = ctx.slots[index];
+    let (ds, mut debit) =
+        find(access, dp, t.debit_account_id, debit_slot, ResultCode::DebitAccountNotFound)?;
     let (cs, mut credit) =
-        find(access, cp, t.credit_account_id, ResultCode::CreditAccountNotFound)?;
+        find(access, cp, t.credit_account_id, credit_slot, ResultCode::CreditAccountNotFound)?;
     if debit.currency != t.currency || credit.currency != t.currency {
         return Err(ResultCode::CurrencyMismatch);
     }
