@@ -37,6 +37,8 @@ fn main() {
         sum = sum.wrapping_add(next[(y >> 35) as usize % n]);
     }
     let independent = start.elapsed().as_nanos() as f64 / f64::from(reads);
-    println!("dependent reads: {dependent:.0} ns each; independent reads: {independent:.0} ns each");
+    println!(
+        "dependent reads: {dependent:.0} ns each; independent reads: {independent:.0} ns each"
+    );
     std::hint::black_box((at, sum));
 }
