@@ -7,5 +7,6 @@ bash deploy/setup-debian.sh
 cargo fmt --all -- --check
 bash deploy/check-core-deps.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo nextest run --workspace --locked --profile ci
 cargo test --workspace --doc --locked
+# Last, so that its summary closes the output.
+cargo nextest run --workspace --locked --profile ci
