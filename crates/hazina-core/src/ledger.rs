@@ -37,6 +37,8 @@ pub struct LedgerConfig {
     /// Partitions the accounts are spread over (1 to [`PARTITIONS_MAX`]).
     pub partitions: usize,
     /// Worker threads that apply a large batch (1 to `partitions`); 1 applies on the caller.
+    /// Keep it at most the cores free for the ledger: a worker waiting for another at a unit
+    /// that spans both spins before it yields.
     pub threads: usize,
     /// Batches with fewer commands than this are applied on the calling thread.
     pub parallel_batch_min: usize,
