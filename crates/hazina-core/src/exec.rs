@@ -9,7 +9,7 @@
 //! faults gets) and is listed in `docs/RESULT_CODES.md`; the reference model in `hazina-testkit`
 //! follows the same order.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use crate::ResultCode;
 use crate::command::{Account, Command, NewAccount, NewTransfer};
@@ -47,9 +47,9 @@ pub(crate) struct BatchCtx<'a> {
     /// Final results of finished units. A unit reads only results of units that share a
     /// partition with it and come before it, which the executors order before it.
     pub results: &'a [AtomicU16],
-    /// Per command: set when its transfer id was never recorded before, so that the batch
-    /// records it. Written by the unit, read after every unit is done.
-    pub fresh: &'a [AtomicBool],
+    /// Per command: whether a record of an earlier batch has its transfer id (looked up once,
+    /// before execution; records do not change while units run).
+    pub stored: &'a [bool],
     /// Per command: the slots of a transfer's debit and credit accounts, resolved before
     /// execution (`NONE` when the account did not exist then; it may have been created since).
     pub slots: &'a [[u32; 2]],
@@ -195,10 +195,7 @@ fn outcome_without_effect(
     match existing(ctx, index, unit, t.id) {
         Existing::SameUnit => ResultCode::DuplicateIdInChain,
         Existing::Found { new, result } => replay(&new, result, t),
-        Existing::None => {
-            ctx.fresh[index].store(true, Ordering::Relaxed);
-            chain_code
-        }
+        Existing::None => chain_code,
     }
 }
 
@@ -222,7 +219,8 @@ enum Existing {
 
 /// Whether the transfer id at `index` was used before: in an earlier batch, or earlier in this one.
 fn existing(ctx: &BatchCtx<'_>, index: usize, unit: &Unit, id: u128) -> Existing {
-    if let Some(record) = ctx.transfers[ctx.partition(id)].get(id) {
+    if ctx.stored[index] {
+        let record = ctx.transfers[ctx.partition(id)].get(id).expect("found before execution");
         return Existing::Found { new: record.new, result: record.result };
     }
     let first = ctx.first[index];
@@ -308,7 +306,7 @@ fn transfer<A: ShardAccess>(
     match existing(ctx, index, unit, t.id) {
         Existing::SameUnit => return ResultCode::DuplicateIdInChain,
         Existing::Found { new, result } => return replay(&new, result, t),
-        Existing::None => ctx.fresh[index].store(true, Ordering::Relaxed),
+        Existing::None => {}
     }
     if let Err(code) = validate_transfer(t) {
         return code;
@@ -540,10 +538,13 @@ fn finish_hold<A: ShardAccess>(
     if !post && t.amount != 0 && t.amount != hold.amount {
         return Err(ResultCode::VoidAmountMismatch);
     }
+    let [debit_slot, credit_slot] = ctx.slots[index];
     let (ds, mut debit) =
-        access.shard(dp).find(t.debit_account_id).expect("a hold's debit account exists");
+        find(access, dp, t.debit_account_id, debit_slot, ResultCode::DebitAccountNotFound)
+            .expect("a hold's debit account exists");
     let (cs, mut credit) =
-        access.shard(cp).find(t.credit_account_id).expect("a hold's credit account exists");
+        find(access, cp, t.credit_account_id, credit_slot, ResultCode::CreditAccountNotFound)
+            .expect("a hold's credit account exists");
     if post {
         check_debit_status(&debit)?;
         check_credit_status(&credit)?;

@@ -138,7 +138,8 @@ struct Scratch {
     masks: Vec<u64>,
     units: Vec<Unit>,
     results: Vec<AtomicU16>,
-    fresh: Vec<AtomicBool>,
+    stored: Vec<bool>,
+    fresh: Vec<bool>,
     slots: Vec<[u32; 2]>,
     ids: Option<FastMap<Key, u32>>,
     out: Vec<ResultCode>,
@@ -151,9 +152,6 @@ pub struct Ledger {
     config: LedgerConfig,
     shards: Vec<Mutex<Shard>>,
     transfers: Vec<TransferShard>,
-    /// The canonical limit profiles (each partition holds a copy for its own reads).
-    profiles: BTreeMap<LimitProfileId, LimitProfile>,
-    accounts_count: usize,
     /// The stamp of the last command applied, or of the last (empty) batch.
     timestamp_last: Timestamp,
     scratch: Scratch,
@@ -187,17 +185,7 @@ impl Ledger {
         let generation_max = config.transfers_generation_max.div_ceil(config.partitions);
         let transfers =
             (0..config.partitions).map(|_| TransferShard::new(generation_max)).collect();
-        let mut profiles = BTreeMap::new();
-        profiles.insert(0, LimitProfile::UNLIMITED);
-        Ok(Ledger {
-            config,
-            shards,
-            transfers,
-            profiles,
-            accounts_count: 0,
-            timestamp_last: 0,
-            scratch: Scratch::default(),
-        })
+        Ok(Ledger { config, shards, transfers, timestamp_last: 0, scratch: Scratch::default() })
     }
 
     pub fn config(&self) -> &LedgerConfig {
@@ -238,7 +226,7 @@ impl Ledger {
             first: &scratch.first,
             pending_ref: &scratch.pending_ref,
             results: &scratch.results,
-            fresh: &scratch.fresh,
+            stored: &scratch.stored,
             slots: &scratch.slots,
             transfers,
         };
@@ -258,15 +246,6 @@ impl Ledger {
 
         let record_threads = if parallel { config.threads } else { 1 };
         record(commands, timestamp, results, &scratch.fresh, shards, transfers, record_threads);
-        for (command, result) in commands.iter().zip(results.iter()) {
-            match command {
-                Command::CreateAccount(_) if *result == ResultCode::Ok => self.accounts_count += 1,
-                Command::SetLimitProfile { profile_id, limits } if *result == ResultCode::Ok => {
-                    self.profiles.insert(*profile_id, *limits);
-                }
-                _ => {}
-            }
-        }
         self.timestamp_last = match commands.len() {
             0 => timestamp,
             n => timestamp + (n as u64 - 1),
@@ -291,9 +270,10 @@ impl Ledger {
             return Err(ApplyError::TimestampOverflow);
         }
         let creating = commands.iter().filter(|c| matches!(c, Command::CreateAccount(_))).count();
-        if self.accounts_count + creating > self.config.accounts_max {
+        let accounts = self.accounts_count();
+        if accounts + creating > self.config.accounts_max {
             return Err(ApplyError::AccountsFull {
-                accounts: self.accounts_count,
+                accounts,
                 creating,
                 max: self.config.accounts_max,
             });
@@ -378,13 +358,24 @@ impl Ledger {
                 }
             }
         }
-        // Stage 3: where each id is (or would be) among the records.
-        for command in commands {
-            let Command::CreateTransfer(t) = command else { continue };
-            let record = self.transfers[partition_of(t.id, partitions)].get(t.id);
-            touched ^= record.map_or(0, |r| r.timestamp.into());
-        }
         std::hint::black_box(touched);
+        // Stage 3: which ids were recorded before, and so which commands record a new transfer:
+        // the first command of the batch with a usable id that no earlier batch recorded. This
+        // is known before execution, and must not be asked of residency later: a record that
+        // left memory is still part of the state.
+        let s = &mut self.scratch;
+        s.stored.clear();
+        s.fresh.clear();
+        for (i, command) in commands.iter().enumerate() {
+            let Command::CreateTransfer(t) = command else {
+                s.stored.push(false);
+                s.fresh.push(false);
+                continue;
+            };
+            let stored = self.transfers[partition_of(t.id, partitions)].get(t.id).is_some();
+            s.stored.push(stored);
+            s.fresh.push(!stored && t.id != 0 && t.id != u128::MAX && s.first[i] as usize == i);
+        }
     }
 
     /// Splits the batch into units and works out which partitions each may touch.
@@ -400,8 +391,6 @@ impl Ledger {
         s.units.clear();
         s.results.clear();
         s.results.resize_with(n, || AtomicU16::new(u16::MAX));
-        s.fresh.clear();
-        s.fresh.resize_with(n, || AtomicBool::new(false));
         let ids = s.ids.get_or_insert_with(|| fast_map(0));
         ids.clear();
         ids.reserve(n);
@@ -475,11 +464,12 @@ impl Ledger {
     pub fn digest(&self) -> u128 {
         let accounts = self.shards.iter().fold(0u128, |sum, s| sum.wrapping_add(s.lock().digest));
         let transfers = self.transfers.iter().fold(0u128, |sum, t| sum.wrapping_add(t.digest));
-        let mut bytes = Vec::with_capacity(48 + self.profiles.len() * 68);
+        let profiles = self.limit_profiles();
+        let mut bytes = Vec::with_capacity(48 + profiles.len() * 68);
         bytes.extend_from_slice(&accounts.to_le_bytes());
         bytes.extend_from_slice(&transfers.to_le_bytes());
         bytes.extend_from_slice(&self.timestamp_last.to_le_bytes());
-        for (id, p) in &self.profiles {
+        for (id, p) in &profiles {
             bytes.extend_from_slice(&id.to_le_bytes());
             for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
                 bytes.extend_from_slice(&limit.to_le_bytes());
@@ -515,12 +505,13 @@ impl Ledger {
         all
     }
 
-    pub fn limit_profiles(&self) -> &BTreeMap<LimitProfileId, LimitProfile> {
-        &self.profiles
+    /// Every limit profile, ordered by id (every partition holds the same copy).
+    pub fn limit_profiles(&self) -> BTreeMap<LimitProfileId, LimitProfile> {
+        self.shards[0].lock().profiles.iter().map(|(id, limits)| (*id, *limits)).collect()
     }
 
     pub fn accounts_count(&self) -> usize {
-        self.accounts_count
+        self.shards.iter().map(|s| s.lock().accounts.len()).sum()
     }
 
     pub fn transfers_resident(&self) -> usize {
@@ -654,7 +645,7 @@ fn record(
     commands: &[Command],
     timestamp: Timestamp,
     results: &[ResultCode],
-    fresh: &[AtomicBool],
+    fresh: &[bool],
     shards: &mut [Mutex<Shard>],
     transfers: &mut [TransferShard],
     threads: usize,
@@ -667,7 +658,7 @@ fn record(
             };
             // Only the command that decided a new id is recorded; resubmissions (of an earlier
             // batch's id or an earlier command's) only replayed an outcome.
-            if !fresh[i].load(Ordering::Relaxed) || partition_of(t.id, partitions) != p {
+            if !fresh[i] || partition_of(t.id, partitions) != p {
                 continue;
             }
             let result = results[i];

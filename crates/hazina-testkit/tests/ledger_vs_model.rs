@@ -64,7 +64,7 @@ fn same_state(ledger: &Ledger, model: &Model) -> Result<(), String> {
             .unwrap_or_else(|| format!("{} transfers vs {}", transfers.len(), expected.len()));
         return Err(format!("transfer records differ:\n{diff}"));
     }
-    if ledger.limit_profiles() != &model.profiles {
+    if ledger.limit_profiles() != model.profiles {
         return Err("limit profiles differ".into());
     }
     Ok(())
