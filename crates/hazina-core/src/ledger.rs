@@ -673,22 +673,40 @@ fn record(
 ) {
     let partitions = shards.len();
     let record_partition = |p: usize, shard: &mut Shard, records: &mut TransferShard| {
-        for (i, command) in commands.iter().enumerate() {
-            let Command::CreateTransfer(t) = command else {
-                continue;
-            };
-            // Only the command that decided a new id is recorded; resubmissions (of an earlier
-            // batch's id or an earlier command's) only replayed an outcome.
-            if !fresh[i] || partition_of(t.id, partitions) != p {
-                continue;
+        // Only the command that decided a new id is recorded; resubmissions (of an earlier
+        // batch's id or an earlier command's) only replayed an outcome.
+        let new_here = |i: usize| match &commands[i] {
+            Command::CreateTransfer(t) if fresh[i] && partition_of(t.id, partitions) == p => {
+                Some(t)
             }
-            let result = results[i];
-            let hold = if result == ResultCode::Ok && t.flags.pending() {
-                HoldState::Pending
-            } else {
-                HoldState::None
-            };
-            records.insert_new(Transfer { new: *t, timestamp: timestamp + i as u64, result, hold });
+            _ => None,
+        };
+        for window in (0..commands.len()).step_by(WARM_WINDOW) {
+            let window = window..(window + WARM_WINDOW).min(commands.len());
+            // Probe where each record will go, every probe independent of the others, so the
+            // inserts below find the map's control bytes in cache.
+            let mut touched = false;
+            for i in window.clone() {
+                if let Some(t) = new_here(i) {
+                    touched ^= records.get(t.id).is_some();
+                }
+            }
+            std::hint::black_box(touched);
+            for i in window {
+                let Some(t) = new_here(i) else { continue };
+                let result = results[i];
+                let hold = if result == ResultCode::Ok && t.flags.pending() {
+                    HoldState::Pending
+                } else {
+                    HoldState::None
+                };
+                records.insert_new(Transfer {
+                    new: *t,
+                    timestamp: timestamp + i as u64,
+                    result,
+                    hold,
+                });
+            }
         }
         for (i, command) in commands.iter().enumerate() {
             let Command::CreateTransfer(t) = command else {
