@@ -155,64 +155,99 @@ impl Shard {
     }
 }
 
+/// One generation of transfer records: the records in the order they were written, and an
+/// index from id to position.
+///
+/// Keeping records apart from the index makes recording one small random write (a 24-byte index
+/// entry) plus an append at the end of an array, instead of a 160-byte write at a random place
+/// in a map, and leaves no empty record-sized slots in the map.
+#[derive(Debug)]
+struct Generation {
+    index: FastMap<Key, u32>,
+    records: Vec<Transfer>,
+}
+
+impl Generation {
+    fn with_capacity(capacity: usize) -> Generation {
+        Generation { index: fast_map(capacity), records: Vec::with_capacity(capacity) }
+    }
+
+    fn position(&self, id: u128) -> Option<usize> {
+        self.index.get(&Key::from(id)).map(|&at| at as usize)
+    }
+
+    fn insert(&mut self, transfer: Transfer) {
+        let at = u32::try_from(self.records.len())
+            .expect("a generation holds fewer than 2^32 records; set transfers_generation_max");
+        self.index.insert(Key::from(transfer.new.id), at);
+        self.records.push(transfer);
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.records.clear();
+    }
+}
+
 /// The transfer records whose ids hash to one partition, in two generations.
 ///
 /// New records go into `current`. When a generation size is set and `current` is full, the
 /// records of `previous` leave memory (all but those of pending holds, which move into the new
-/// current generation) and the two swap. Clearing a map keeps its allocation, so after the first
-/// two generations recording never rehashes nor touches fresh pages: the cost of a rotation is
-/// one pass over a generation, spread over the generation's inserts.
+/// current generation) and the two swap. Clearing keeps the allocations, so after the first two
+/// generations recording never rehashes nor touches fresh pages: the cost of a rotation is one
+/// pass over a generation, spread over the generation's inserts.
 #[derive(Debug)]
 pub(crate) struct TransferShard {
-    current: FastMap<Key, Transfer>,
-    previous: FastMap<Key, Transfer>,
+    current: Generation,
+    previous: Generation,
     /// Records per generation; 0 keeps every record resident.
     generation_max: usize,
-    /// Wrapping sum of the digests of every transfer ever recorded here (evicting a record from
-    /// memory does not change the ledger's state, so it does not change the digest).
+    /// Wrapping sum of the digests of every transfer ever recorded here (a record leaving memory
+    /// does not change the ledger's state, so it does not change the digest).
     pub digest: u128,
 }
 
 impl TransferShard {
     pub fn new(generation_max: usize) -> TransferShard {
         TransferShard {
-            current: fast_map(generation_max),
-            previous: fast_map(generation_max),
+            current: Generation::with_capacity(generation_max),
+            previous: Generation::with_capacity(generation_max),
             generation_max,
             digest: 0,
         }
     }
 
     pub fn get(&self, id: u128) -> Option<&Transfer> {
-        let key = Key::from(id);
-        self.current.get(&key).or_else(|| self.previous.get(&key))
+        if let Some(at) = self.current.position(id) {
+            return Some(&self.current.records[at]);
+        }
+        self.previous.position(id).map(|at| &self.previous.records[at])
     }
 
     fn get_mut(&mut self, id: u128) -> Option<&mut Transfer> {
-        let key = Key::from(id);
-        match self.current.get_mut(&key) {
-            Some(record) => Some(record),
-            None => self.previous.get_mut(&key),
+        if let Some(at) = self.current.position(id) {
+            return Some(&mut self.current.records[at]);
         }
+        self.previous.position(id).map(|at| &mut self.previous.records[at])
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.current.records.len() + self.previous.records.len()
     }
 
     pub fn records(&self) -> impl Iterator<Item = &Transfer> {
-        self.current.values().chain(self.previous.values())
+        self.current.records.iter().chain(&self.previous.records)
     }
 
-    /// Records a transfer whose id was never recorded (the batch's execution decided so: the
-    /// id cannot be checked here, as its earlier record may have left memory).
+    /// Records a transfer whose id was never recorded (decided before execution: the id cannot
+    /// be checked here, as its earlier record may have left memory).
     pub fn insert_new(&mut self, transfer: Transfer) {
         debug_assert!(self.get(transfer.new.id).is_none(), "{} recorded twice", transfer.new.id);
         self.digest = self.digest.wrapping_add(digest_of(&transfer.digest_bytes()));
-        if self.generation_max != 0 && self.current.len() >= self.generation_max {
+        if self.generation_max != 0 && self.current.records.len() >= self.generation_max {
             self.rotate();
         }
-        self.current.insert(Key::from(transfer.new.id), transfer);
+        self.current.insert(transfer);
     }
 
     /// Makes a record that left memory resident again. The digest already counts it. Never
@@ -220,17 +255,24 @@ impl TransferShard {
     /// generation may pass its size by what one batch loads.
     pub fn load(&mut self, transfer: Transfer) {
         if self.get(transfer.new.id).is_none() {
-            self.current.insert(Key::from(transfer.new.id), transfer);
+            self.current.insert(transfer);
         }
     }
 
     fn rotate(&mut self) {
-        let mut oldest = std::mem::take(&mut self.previous);
-        let pending: Vec<(Key, Transfer)> =
-            oldest.drain().filter(|(_, t)| t.hold == HoldState::Pending).collect();
-        self.previous = std::mem::replace(&mut self.current, oldest);
         // Holds can be posted or voided at any time: their records stay resident.
-        self.current.extend(pending);
+        let pending: Vec<Transfer> = self
+            .previous
+            .records
+            .iter()
+            .filter(|t| t.hold == HoldState::Pending)
+            .copied()
+            .collect();
+        self.previous.clear();
+        std::mem::swap(&mut self.current, &mut self.previous);
+        for transfer in pending {
+            self.current.insert(transfer);
+        }
     }
 
     pub fn set_hold_state(&mut self, id: u128, state: HoldState) {
