@@ -751,3 +751,59 @@ fn record(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AccountKind, AccountStatus, CURRENCY_KES, NewAccount, NewTransfer, TransactionType,
+    };
+
+    fn ledger_with(balances: [(u128, u128); 2]) -> Ledger {
+        let mut ledger = Ledger::new(LedgerConfig::default()).unwrap();
+        let mut commands = vec![Command::CreateAccount(NewAccount {
+            id: 1,
+            currency: CURRENCY_KES,
+            kind: AccountKind::Settlement as u16,
+            ..NewAccount::default()
+        })];
+        for (id, _) in balances {
+            commands.push(Command::CreateAccount(NewAccount {
+                id,
+                currency: CURRENCY_KES,
+                kind: AccountKind::CustomerWallet as u16,
+                ..NewAccount::default()
+            }));
+        }
+        for (k, (id, amount)) in balances.into_iter().enumerate() {
+            commands.push(Command::CreateTransfer(NewTransfer {
+                id: 100 + k as u128,
+                debit_account_id: 1,
+                credit_account_id: id,
+                amount,
+                currency: CURRENCY_KES,
+                tx_type: TransactionType::CashIn as u16,
+                ..NewTransfer::default()
+            }));
+        }
+        let results = ledger.apply(1_000, &commands).unwrap();
+        assert!(results.iter().all(|r| *r == ResultCode::Ok), "{results:?}");
+        ledger
+    }
+
+    #[test]
+    fn digest_tells_states_apart() {
+        let base = ledger_with([(2, 500), (3, 700)]).digest();
+        assert_eq!(ledger_with([(2, 500), (3, 700)]).digest(), base, "same state, same digest");
+        // The same money, held by the other account: every total is equal, the state is not.
+        assert_ne!(ledger_with([(2, 700), (3, 500)]).digest(), base);
+        assert_ne!(ledger_with([(2, 501), (3, 700)]).digest(), base);
+        // A status change alone changes the digest.
+        let mut frozen = ledger_with([(2, 500), (3, 700)]);
+        let status = Command::SetAccountStatus { account_id: 2, status: AccountStatus::Frozen };
+        assert_eq!(frozen.apply(2_000, &[status]).unwrap(), [ResultCode::Ok]);
+        let mut clock_only = ledger_with([(2, 500), (3, 700)]);
+        clock_only.apply(2_000, &[]).unwrap();
+        assert_ne!(frozen.digest(), clock_only.digest());
+    }
+}
