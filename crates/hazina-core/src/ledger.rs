@@ -688,7 +688,7 @@ fn record(
             let mut touched = false;
             for i in window.clone() {
                 if let Some(t) = new_here(i) {
-                    touched ^= records.get(t.id).is_some();
+                    touched ^= records.warm_insert(t.id);
                 }
             }
             std::hint::black_box(touched);
