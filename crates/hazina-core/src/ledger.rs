@@ -42,6 +42,12 @@ pub struct LedgerConfig {
     pub threads: usize,
     /// Batches with fewer commands than this are applied on the calling thread.
     pub parallel_batch_min: usize,
+    /// A large batch's units run on several workers only if at most this percentage of them
+    /// span more than one worker; otherwise they run on the calling thread and only resolving
+    /// and recording use the workers. Each spanning unit costs the workers a rendezvous, and
+    /// with many of them the workers mostly wait for each other (docs/adr/0001). 100 always
+    /// runs units on the workers.
+    pub spanning_units_max_percent: u8,
     /// The most commands in one batch.
     pub batch_commands_max: usize,
     /// The most accounts the ledger will hold; a batch that could pass it is refused whole.
@@ -65,6 +71,7 @@ impl Default for LedgerConfig {
             partitions: 1,
             threads: 1,
             parallel_batch_min: 512,
+            spanning_units_max_percent: 10,
             batch_commands_max: 8_192,
             accounts_max: 100_000_000,
             holds_per_account_max: 32,
@@ -231,7 +238,19 @@ impl Ledger {
             transfers,
         };
         let parallel = config.threads > 1 && commands.len() >= config.parallel_batch_min;
-        if parallel {
+        let spanning = if parallel {
+            scratch
+                .units
+                .iter()
+                .filter(|u| workers_of(u.mask, config.threads).count_ones() > 1)
+                .count()
+        } else {
+            0
+        };
+        let units_on_workers = parallel
+            && spanning * 100
+                <= scratch.units.len() * usize::from(config.spanning_units_max_percent);
+        if units_on_workers {
             warm_accounts(shards, commands, &scratch.slots, 0..commands.len());
             execute_parallel(&ctx, &scratch.units, shards, config.threads);
         } else {

@@ -15,15 +15,23 @@ const HOLDS_PER_ACCOUNT_MAX: u16 = 4;
 const LIMIT_PROFILES_MAX: usize = 8;
 const BATCHES: usize = 150;
 
-/// (partitions, threads) of the ledgers compared on every history. Threads > 1 with
-/// `parallel_batch_min = 0` sends every batch through the parallel executor.
-const SHAPES: [(usize, usize); 5] = [(1, 1), (2, 2), (4, 2), (8, 2), (8, 3)];
+/// (partitions, threads, spanning units allowed on workers in percent) of the ledgers compared
+/// on every history. Threads > 1 with `parallel_batch_min = 0` sends every batch through the
+/// parallel path: with 100%, its units run on the workers (the rendezvous executor); with 0%,
+/// they run on the calling thread and only recording uses the workers.
+const SHAPES: [(usize, usize, u8); 5] =
+    [(1, 1, 100), (2, 2, 100), (4, 2, 100), (8, 2, 0), (8, 3, 100)];
 
 fn ledger(partitions: usize, threads: usize) -> Ledger {
+    ledger_shaped(partitions, threads, 100)
+}
+
+fn ledger_shaped(partitions: usize, threads: usize, spanning_units_max_percent: u8) -> Ledger {
     Ledger::new(LedgerConfig {
         partitions,
         threads,
         parallel_batch_min: 0,
+        spanning_units_max_percent,
         holds_per_account_max: HOLDS_PER_ACCOUNT_MAX,
         limit_profiles_max: LIMIT_PROFILES_MAX,
         ..LedgerConfig::default()
@@ -83,12 +91,12 @@ const UNREACHABLE: &[ResultCode] = &[];
 
 fn run_against_model(seed: u64, seen: &mut BTreeSet<ResultCode>) -> Result<(), String> {
     let mut model = model();
-    let mut ledgers: Vec<Ledger> = SHAPES.iter().map(|&(p, t)| ledger(p, t)).collect();
+    let mut ledgers: Vec<Ledger> = SHAPES.iter().map(|&(p, t, s)| ledger_shaped(p, t, s)).collect();
     for (k, (timestamp, batch)) in history(seed, BATCHES).into_iter().enumerate() {
         let expected = model.apply(timestamp, &batch);
         seen.extend(expected.iter().copied());
         let mut digest = None;
-        for (ledger, (p, t)) in ledgers.iter_mut().zip(SHAPES) {
+        for (ledger, (p, t, _)) in ledgers.iter_mut().zip(SHAPES) {
             let results = ledger
                 .apply(timestamp, &batch)
                 .map_err(|e| format!("batch {k}: P={p} T={t}: refused: {e}"))?;
@@ -107,7 +115,7 @@ fn run_against_model(seed: u64, seen: &mut BTreeSet<ResultCode>) -> Result<(), S
         same_state(&ledgers[0], &model).map_err(|e| format!("batch {k}: {e}"))?;
         invariants(&model).map_err(|e| format!("batch {k}: {e}"))?;
     }
-    for (ledger, (p, t)) in ledgers.iter().zip(SHAPES) {
+    for (ledger, (p, t, _)) in ledgers.iter().zip(SHAPES) {
         same_state(ledger, &model).map_err(|e| format!("end: P={p} T={t}: {e}"))?;
     }
     Ok(())
