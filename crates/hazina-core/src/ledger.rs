@@ -345,49 +345,73 @@ impl Ledger {
         }
     }
 
-    /// Resolves each transfer's account slots and reads, ahead of execution, the memory it
-    /// will need: its accounts' index entries and records, and the place of its id among the
-    /// transfer records.
+    /// Resolves, before execution, each transfer's account slots and whether its id was
+    /// recorded by an earlier batch (so which commands record a new transfer).
     ///
-    /// A lookup is a chain of dependent cache misses (index control bytes, index entry, then the
-    /// account), and execution would take each chain in turn. Done here in stages over the whole
-    /// batch, the reads of one stage do not depend on each other, so the processor keeps many
-    /// misses in flight at once. Execution is correct without the warming; the slots only save
-    /// it a second lookup.
+    /// A lookup is a chain of dependent cache misses (index control bytes, then index entry),
+    /// and execution would take each chain in turn. Done here in one pass over the batch, the
+    /// lookups of different commands do not depend on each other, so the processor keeps many
+    /// misses in flight; on a parallel batch the workers share the pass. Execution then reads
+    /// accounts by slot. Changes no state.
     fn resolve_and_warm(&mut self, commands: &[Command]) {
-        let partitions = self.config.partitions;
-        let slots = &mut self.scratch.slots;
-        slots.clear();
-        // Stage 1: the index entries.
-        for command in commands {
-            let Command::CreateTransfer(t) = command else {
-                slots.push([NONE; 2]);
-                continue;
-            };
-            let mut pair = [NONE; 2];
-            for (slot, id) in pair.iter_mut().zip([t.debit_account_id, t.credit_account_id]) {
-                *slot =
-                    self.shards[partition_of(id, partitions)].get_mut().slot(id).unwrap_or(NONE);
-            }
-            slots.push(pair);
-        }
-        // Stage 3: which ids were recorded before, and so which commands record a new transfer:
-        // the first command of the batch with a usable id that no earlier batch recorded. This
-        // is known before execution, and must not be asked of residency later: a record that
-        // left memory is still part of the state.
+        let n = commands.len();
+        let config = &self.config;
+        let threads =
+            if config.threads > 1 && n >= config.parallel_batch_min { config.threads } else { 1 };
         let s = &mut self.scratch;
+        s.slots.clear();
+        s.slots.resize(n, [NONE; 2]);
         s.stored.clear();
+        s.stored.resize(n, false);
         s.fresh.clear();
-        for (i, command) in commands.iter().enumerate() {
-            let Command::CreateTransfer(t) = command else {
-                s.stored.push(false);
-                s.fresh.push(false);
-                continue;
-            };
-            let stored = self.transfers[partition_of(t.id, partitions)].get(t.id).is_some();
-            s.stored.push(stored);
-            s.fresh.push(!stored && t.id != 0 && t.id != u128::MAX && s.first[i] as usize == i);
+        s.fresh.resize(n, false);
+        // Only reads: every partition is shared by all the threads resolving.
+        let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(Mutex::lock).collect();
+        let shards: Vec<&Shard> = guards.iter().map(|guard| &**guard).collect();
+        let (transfers, first) = (&self.transfers, &s.first);
+        let resolve = |start: usize,
+                       slots: &mut [[u32; 2]],
+                       stored: &mut [bool],
+                       fresh: &mut [bool]| {
+            let partitions = shards.len();
+            for (k, command) in commands[start..start + slots.len()].iter().enumerate() {
+                let Command::CreateTransfer(t) = command else { continue };
+                // The index entries of both accounts.
+                for (slot, id) in slots[k].iter_mut().zip([t.debit_account_id, t.credit_account_id])
+                {
+                    *slot = shards[partition_of(id, partitions)].slot(id).unwrap_or(NONE);
+                }
+                // Whether an earlier batch recorded the id, and so whether this command records
+                // a new transfer: the first of the batch with a usable id that no earlier batch
+                // recorded. Known before execution, and never asked of residency later: a record
+                // that left memory is still part of the state.
+                let i = start + k;
+                stored[k] = transfers[partition_of(t.id, partitions)].get(t.id).is_some();
+                fresh[k] = !stored[k] && t.id != 0 && t.id != u128::MAX && first[i] as usize == i;
+            }
+        };
+        if threads == 1 || n == 0 {
+            resolve(0, &mut s.slots, &mut s.stored, &mut s.fresh);
+            return;
         }
+        let chunk = n.div_ceil(threads);
+        let mut parts = s
+            .slots
+            .chunks_mut(chunk)
+            .zip(s.stored.chunks_mut(chunk))
+            .zip(s.fresh.chunks_mut(chunk))
+            .enumerate()
+            .map(|(k, ((slots, stored), fresh))| (k * chunk, slots, stored, fresh));
+        let own = parts.next();
+        std::thread::scope(|scope| {
+            let resolve = &resolve;
+            for (start, slots, stored, fresh) in parts {
+                scope.spawn(move || resolve(start, slots, stored, fresh));
+            }
+            if let Some((start, slots, stored, fresh)) = own {
+                resolve(start, slots, stored, fresh);
+            }
+        });
     }
 
     /// Splits the batch into units and works out which partitions each may touch.
