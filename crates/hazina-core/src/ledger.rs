@@ -238,21 +238,18 @@ impl Ledger {
             transfers,
         };
         let parallel = config.threads > 1 && commands.len() >= config.parallel_batch_min;
-        let spanning = if parallel {
-            scratch
-                .units
-                .iter()
-                .filter(|u| workers_of(u.mask, config.threads).count_ones() > 1)
-                .count()
+        let unit_workers: Vec<u64> = if parallel {
+            scratch.units.iter().map(|u| workers_of(u.mask, config.threads)).collect()
         } else {
-            0
+            Vec::new()
         };
+        let spanning = unit_workers.iter().filter(|workers| workers.count_ones() > 1).count();
         let units_on_workers = parallel
             && spanning * 100
                 <= scratch.units.len() * usize::from(config.spanning_units_max_percent);
         if units_on_workers {
             warm_accounts(shards, commands, &scratch.slots, 0..commands.len());
-            execute_parallel(&ctx, &scratch.units, shards, config.threads);
+            execute_parallel(&ctx, &scratch.units, &unit_workers, shards, config.threads);
         } else {
             // Warm the accounts a window at a time, just ahead of the units that use them, so
             // that they are still in the core's own cache when those units run.
@@ -674,8 +671,14 @@ fn workers_of(mask: u64, threads: usize) -> u64 {
 
 /// Runs the units on `threads` workers. See the module documentation for why the result equals
 /// the serial one.
-fn execute_parallel(ctx: &BatchCtx<'_>, units: &[Unit], shards: &[Mutex<Shard>], threads: usize) {
-    let unit_workers: Vec<u64> = units.iter().map(|u| workers_of(u.mask, threads)).collect();
+/// `unit_workers[u]` has bit `w` set when unit `u` touches a partition of worker `w`.
+fn execute_parallel(
+    ctx: &BatchCtx<'_>,
+    units: &[Unit],
+    unit_workers: &[u64],
+    shards: &[Mutex<Shard>],
+    threads: usize,
+) {
     let mut lists: Vec<Vec<u32>> = vec![Vec::with_capacity(units.len()); threads];
     for (u, workers) in unit_workers.iter().enumerate() {
         let mut rest = *workers;
