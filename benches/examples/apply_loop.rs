@@ -1,6 +1,7 @@
 //! A plain loop of `Ledger::apply` for profilers (perf, valgrind), without criterion around it:
 //! `cargo build --release -p hazina-benches --example apply_loop` then
-//! `perf record -e cpu-clock -g target/release/examples/apply_loop [batches] [partitions]`.
+//! `perf record -e cpu-clock -g target/release/examples/apply_loop [batches] [partitions]
+//! [accounts]`. A smaller population (say 100000) suits `valgrind --tool=callgrind`.
 //! Prints the rate it reached.
 
 #![allow(clippy::cast_possible_truncation, clippy::cast_lossless, clippy::cast_precision_loss)]
@@ -18,13 +19,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let batches: usize = args.next().map_or(500, |a| a.parse().expect("batches"));
     let partitions: usize = args.next().map_or(1, |a| a.parse().expect("partitions"));
+    let accounts: u64 = args.next().map_or(1_000_000, |a| a.parse().expect("accounts"));
+    let generation_max = GENERATION_MAX.min(accounts as usize);
     let population =
-        Population { customers: 999_000, merchants: 1_000, customer_balance: 1_000 * KES };
+        Population { customers: accounts - 1_000, merchants: 1_000, customer_balance: 1_000 * KES };
     let mut ledger = Ledger::new(LedgerConfig {
         partitions,
         threads: partitions,
-        accounts_capacity: 1_000_001,
-        transfers_generation_max: GENERATION_MAX,
+        accounts_capacity: accounts as usize + 1,
+        transfers_generation_max: generation_max,
         ..LedgerConfig::default()
     })
     .expect("valid configuration");
@@ -36,7 +39,7 @@ fn main() {
     let mut results = Vec::new();
     // Warm up past the first rotation of the record generations, so that what is timed is the
     // steady state (no first touch of fresh memory).
-    for _ in 0..(2 * GENERATION_MAX / 8_000 + 10) {
+    for _ in 0..(2 * generation_max / 8_000 + 10) {
         let batch = traffic.batch(8_000);
         ledger.apply_into(clock.stamp(batch.len()), &batch, &mut results).expect("batch applies");
     }

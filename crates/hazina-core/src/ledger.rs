@@ -581,10 +581,7 @@ fn warm_accounts(
         let Command::CreateTransfer(t) = command else { continue };
         for (id, slot) in [t.debit_account_id, t.credit_account_id].into_iter().zip(pair) {
             if *slot != NONE {
-                // An account spans three cache lines: read a field in each.
-                let account = shards[partition_of(id, partitions)].get_mut().get(*slot);
-                touched ^= account.id ^ account.credits_posted ^ u128::from(account.user_data_64);
-                touched ^= u128::from(account.status as u8);
+                touched ^= shards[partition_of(id, partitions)].get_mut().warm(*slot);
             }
         }
     }
