@@ -13,9 +13,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hazina_core::{Ledger, LedgerConfig, ResultCode};
+use hazina_core::{Ledger, ResultCode};
 use hazina_testkit::traffic::{Clock, KES, Population, Skew, Traffic};
-use hazina_testkit::world::EPOCH;
 
 const ACCOUNTS: u64 = 1_000_000;
 const MERCHANTS: u64 = 1_000;
@@ -41,19 +40,7 @@ struct Bench {
 impl Bench {
     fn new(partitions: usize) -> Bench {
         let population = population();
-        let mut ledger = Ledger::new(LedgerConfig {
-            partitions,
-            threads: partitions,
-            accounts_capacity: ACCOUNTS as usize + 1,
-            transfers_generation_max: TRANSFERS_GENERATION_MAX,
-            ..LedgerConfig::default()
-        })
-        .expect("valid bench configuration");
-        let mut clock = Clock::new(EPOCH);
-        for batch in population.genesis(8_000) {
-            let results = ledger.apply(clock.stamp(batch.len()), &batch).expect("genesis applies");
-            assert!(results.iter().all(|r| *r == ResultCode::Ok), "genesis must succeed");
-        }
+        let (ledger, clock) = population.funded_ledger(partitions, TRANSFERS_GENERATION_MAX);
         let traffic = Traffic::new(population, 42, Skew::Uniform, 50);
         let mut bench = Bench { ledger, clock, traffic, results: Vec::new() };
         // Measure the steady state: run past the first rotation of the record generations, so

@@ -8,9 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use hazina_core::{Ledger, LedgerConfig};
-use hazina_testkit::traffic::{Clock, KES, Population, Skew, Traffic};
-use hazina_testkit::world::EPOCH;
+use hazina_testkit::traffic::{KES, Population, Skew, Traffic};
 
 const GENERATION_MAX: usize = 1_000_000;
 
@@ -23,18 +21,7 @@ fn main() {
     let generation_max = GENERATION_MAX.min(accounts as usize);
     let population =
         Population { customers: accounts - 1_000, merchants: 1_000, customer_balance: 1_000 * KES };
-    let mut ledger = Ledger::new(LedgerConfig {
-        partitions,
-        threads: partitions,
-        accounts_capacity: accounts as usize + 1,
-        transfers_generation_max: generation_max,
-        ..LedgerConfig::default()
-    })
-    .expect("valid configuration");
-    let mut clock = Clock::new(EPOCH);
-    for batch in population.genesis(8_000) {
-        ledger.apply(clock.stamp(batch.len()), &batch).expect("genesis applies");
-    }
+    let (mut ledger, mut clock) = population.funded_ledger(partitions, generation_max);
     let mut traffic = Traffic::new(population, 1, Skew::Uniform, 50);
     let mut results = Vec::new();
     // Warm up past the first rotation of the record generations, so that what is timed is the

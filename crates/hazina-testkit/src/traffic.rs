@@ -8,9 +8,11 @@
 //! real rejections do. The share of each is fixed, so a run measures a steady mix.
 
 use hazina_core::{
-    AccountFlags, AccountKind, Amount, CURRENCY_KES, Command, LimitProfile, NewAccount,
-    NewTransfer, Timestamp, TransactionType,
+    AccountFlags, AccountKind, Amount, CURRENCY_KES, Command, Ledger, LedgerConfig, LimitProfile,
+    NewAccount, NewTransfer, ResultCode, Timestamp, TransactionType,
 };
+
+use crate::world::EPOCH;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -44,6 +46,32 @@ impl Population {
 
     pub fn merchant(&self, k: u64) -> u128 {
         MERCHANT_BASE + u128::from(k)
+    }
+
+    /// A ledger of `partitions` partitions (and as many threads) holding this population,
+    /// funded, with `transfers_generation_max` records per generation, and the clock that
+    /// stamps its next batch.
+    pub fn funded_ledger(
+        &self,
+        partitions: usize,
+        transfers_generation_max: usize,
+    ) -> (Ledger, Clock) {
+        let accounts =
+            usize::try_from(self.customers + self.merchants + 1).expect("a population fits memory");
+        let mut ledger = Ledger::new(LedgerConfig {
+            partitions,
+            threads: partitions,
+            accounts_capacity: accounts,
+            transfers_generation_max,
+            ..LedgerConfig::default()
+        })
+        .expect("a valid configuration");
+        let mut clock = Clock::new(EPOCH);
+        for batch in self.genesis(8_000) {
+            let results = ledger.apply(clock.stamp(batch.len()), &batch).expect("genesis applies");
+            assert!(results.iter().all(|r| *r == ResultCode::Ok), "genesis must succeed");
+        }
+        (ledger, clock)
     }
 
     /// Batches (each at most `batch_max` commands) that create the population and fund it.
