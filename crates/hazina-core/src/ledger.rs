@@ -24,8 +24,12 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::ResultCode;
 use crate::command::{Account, Command, Transfer};
 use crate::exec::{BatchCtx, NONE, ShardAccess, Undo, Unit, execute_unit};
-use crate::shard::{FastMap, Key, Shard, TransferShard, digest_of, fast_map, partition_of};
-use crate::types::{HoldState, LimitProfile, LimitProfileId, Timestamp};
+use crate::shard::{
+    FastMap, Hold, Key, NEVER, Shard, TransferShard, digest_of, fast_map, partition_of,
+};
+use crate::types::{
+    HoldState, LimitProfile, LimitProfileId, NANOS_PER_SECOND, Timestamp, nairobi_day,
+};
 
 /// The most partitions a ledger can have: a unit's partitions are a 64-bit mask.
 pub const PARTITIONS_MAX: usize = 64;
@@ -63,6 +67,9 @@ pub struct LedgerConfig {
     /// pending holds) and older records leave memory: a host that sets it must load back with
     /// [`Ledger::load_transfer`] every record a batch names before applying it.
     pub transfers_generation_max: usize,
+    /// Keep a list of the accounts and transfer records each batch writes, for a host that
+    /// stores them ([`Ledger::take_changes`]). Off, the ledger does not pay for it.
+    pub track_changes: bool,
 }
 
 impl Default for LedgerConfig {
@@ -78,6 +85,7 @@ impl Default for LedgerConfig {
             limit_profiles_max: 1_024,
             accounts_capacity: 0,
             transfers_generation_max: 0,
+            track_changes: false,
         }
     }
 }
@@ -124,6 +132,18 @@ impl std::fmt::Display for ApplyError {
 }
 
 impl std::error::Error for ApplyError {}
+
+/// A checkpoint that does not make a consistent ledger. Nothing can be served from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreError(pub String);
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "checkpoint cannot be restored: {}", self.0)
+    }
+}
+
+impl std::error::Error for RestoreError {}
 
 /// A configuration that cannot make a ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,11 +207,22 @@ impl Ledger {
             return Err(ConfigError(format!("accounts_max must be below {}", u32::MAX)));
         }
         let per_partition = config.accounts_capacity.div_ceil(config.partitions);
-        let shards =
-            (0..config.partitions).map(|_| Mutex::new(Shard::new(per_partition))).collect();
+        let track = config.track_changes;
+        let shards = (0..config.partitions)
+            .map(|_| {
+                let mut shard = Shard::new(per_partition);
+                shard.changed = track.then(Vec::new);
+                Mutex::new(shard)
+            })
+            .collect();
         let generation_max = config.transfers_generation_max.div_ceil(config.partitions);
-        let transfers =
-            (0..config.partitions).map(|_| TransferShard::new(generation_max)).collect();
+        let transfers = (0..config.partitions)
+            .map(|_| {
+                let mut records = TransferShard::new(generation_max);
+                records.changed = track.then(Vec::new);
+                records
+            })
+            .collect();
         Ok(Ledger { config, shards, transfers, timestamp_last: 0, scratch: Scratch::default() })
     }
 
@@ -553,6 +584,128 @@ impl Ledger {
 
     pub fn timestamp_last(&self) -> Timestamp {
         self.timestamp_last
+    }
+
+    /// The accounts and transfer records written since the last call, appended to `accounts`
+    /// (each account once, as it stands now, ordered by partition and slot) and `transfers` (in
+    /// the order they were written: a later copy of an id supersedes an earlier one). Empty
+    /// unless [`LedgerConfig::track_changes`] is set.
+    pub fn take_changes(&mut self, accounts: &mut Vec<Account>, transfers: &mut Vec<Transfer>) {
+        for shard in &mut self.shards {
+            let shard = shard.get_mut();
+            let Some(mut changed) = shard.changed.take() else { continue };
+            changed.sort_unstable();
+            changed.dedup();
+            accounts.extend(changed.iter().map(|&slot| *shard.get(slot)));
+            changed.clear();
+            shard.changed = Some(changed);
+        }
+        for records in &mut self.transfers {
+            if let Some(changed) = &mut records.changed {
+                transfers.append(changed);
+            }
+        }
+    }
+
+    /// The part of the digest that covers transfer records. A host keeps it with a
+    /// checkpoint: records that left memory are no longer there to be summed.
+    pub fn transfers_digest(&self) -> u128 {
+        self.transfers.iter().fold(0u128, |sum, t| sum.wrapping_add(t.digest))
+    }
+
+    /// Rebuilds a ledger from a checkpoint: every account, the limit profiles, the record of
+    /// every pending hold, the transfers part of the digest ([`Ledger::transfers_digest`]) and
+    /// the last timestamp. The result has the digest and behaviour of the ledger the checkpoint
+    /// was taken from; records of finished transfers stay in storage, loaded back on demand
+    /// with [`Ledger::load_transfer`].
+    pub fn restore(
+        config: LedgerConfig,
+        accounts: impl IntoIterator<Item = Account>,
+        profiles: &BTreeMap<LimitProfileId, LimitProfile>,
+        holds: impl IntoIterator<Item = Transfer>,
+        transfers_digest: u128,
+        timestamp_last: Timestamp,
+    ) -> Result<Ledger, RestoreError> {
+        let mut ledger = Ledger::new(config).map_err(|e| RestoreError(e.0))?;
+        let partitions = ledger.config.partitions;
+        let mut count = 0usize;
+        for account in accounts {
+            let shard = ledger.shards[partition_of(account.id, partitions)].get_mut();
+            if account.id == 0 || shard.slot(account.id).is_some() {
+                return Err(RestoreError(format!("account {} is zero or twice", account.id)));
+            }
+            shard.insert(account);
+            count += 1;
+        }
+        if count > ledger.config.accounts_max {
+            return Err(RestoreError(format!(
+                "{count} accounts exceed accounts_max {}",
+                ledger.config.accounts_max
+            )));
+        }
+        for shard in &mut ledger.shards {
+            let shard = shard.get_mut();
+            for (id, limits) in profiles {
+                if !limits.is_valid() {
+                    return Err(RestoreError(format!("limit profile {id} is not valid")));
+                }
+                shard.profiles.insert(*id, *limits);
+            }
+        }
+        let mut holds_counted: FastMap<Key, u16> = fast_map(0);
+        for record in holds {
+            let t = &record.new;
+            if record.hold != HoldState::Pending || record.result != ResultCode::Ok {
+                return Err(RestoreError(format!("transfer {} is not a pending hold", t.id)));
+            }
+            let shard = ledger.shards[partition_of(t.debit_account_id, partitions)].get_mut();
+            let Some(debit_slot) = shard.slot(t.debit_account_id) else {
+                return Err(RestoreError(format!("hold {} has no debit account", t.id)));
+            };
+            if shard.holds.contains_key(&Key::from(t.id)) {
+                return Err(RestoreError(format!("hold {} given twice", t.id)));
+            }
+            let expires_at = if t.timeout_s == 0 {
+                NEVER
+            } else {
+                record
+                    .timestamp
+                    .checked_add(u64::from(t.timeout_s) * NANOS_PER_SECOND)
+                    .ok_or_else(|| RestoreError(format!("hold {} expiry overflows", t.id)))?
+            };
+            shard.hold_insert(
+                t.id,
+                Hold {
+                    amount: t.amount,
+                    credit_account_id: t.credit_account_id,
+                    expires_at,
+                    debit_slot,
+                    day: nairobi_day(record.timestamp),
+                    state: HoldState::Pending,
+                },
+            );
+            *holds_counted.entry(Key::from(t.debit_account_id)).or_default() += 1;
+            ledger.transfers[partition_of(t.id, partitions)].load(record);
+        }
+        for shard in &mut ledger.shards {
+            let shard = shard.get_mut();
+            for account in &shard.accounts {
+                let counted = holds_counted.get(&Key::from(account.id)).copied().unwrap_or(0);
+                if counted != account.holds_pending {
+                    return Err(RestoreError(format!(
+                        "account {} has {} pending holds but the checkpoint has {counted}",
+                        account.id, account.holds_pending
+                    )));
+                }
+            }
+            // Restoring is not a change a host needs to store again.
+            if let Some(changed) = &mut shard.changed {
+                changed.clear();
+            }
+        }
+        ledger.transfers[0].digest = transfers_digest;
+        ledger.timestamp_last = timestamp_last;
+        Ok(ledger)
     }
 
     /// Makes resident again a record that left memory (see

@@ -36,6 +36,7 @@
 
 #![deny(clippy::float_arithmetic)]
 
+pub mod codec;
 mod command;
 mod exec;
 mod ledger;
@@ -44,7 +45,7 @@ mod shard;
 mod types;
 
 pub use command::{Account, Command, NewAccount, NewTransfer, Transfer};
-pub use ledger::{ApplyError, ConfigError, Ledger, LedgerConfig, PARTITIONS_MAX};
+pub use ledger::{ApplyError, ConfigError, Ledger, LedgerConfig, PARTITIONS_MAX, RestoreError};
 pub use result::ResultCode;
 pub use types::{
     AccountFlags, AccountKind, AccountStatus, Amount, CURRENCY_KES, Currency, HoldState,

@@ -85,6 +85,9 @@ pub(crate) struct Shard {
     pub profiles: FastMap<LimitProfileId, LimitProfile>,
     /// Wrapping sum of the digests of this partition's accounts.
     pub digest: u128,
+    /// Slots written since the host last took the changes, with repeats; `None` when the
+    /// ledger does not track changes.
+    pub changed: Option<Vec<u32>>,
 }
 
 impl Shard {
@@ -99,6 +102,7 @@ impl Shard {
             expiries: BTreeSet::new(),
             profiles,
             digest: 0,
+            changed: None,
         }
     }
 
@@ -134,6 +138,9 @@ impl Shard {
         self.digest = self.digest.wrapping_sub(self.account_digests[at]).wrapping_add(new);
         self.account_digests[at] = new;
         *old = account;
+        if let Some(changed) = &mut self.changed {
+            changed.push(slot);
+        }
     }
 
     pub fn insert(&mut self, account: Account) -> u32 {
@@ -149,6 +156,9 @@ impl Shard {
             .wrapping_add(dynamic);
         self.accounts.push(account);
         self.account_digests.push(dynamic);
+        if let Some(changed) = &mut self.changed {
+            changed.push(slot);
+        }
         slot
     }
 
@@ -226,6 +236,9 @@ pub(crate) struct TransferShard {
     /// Wrapping sum of the digests of every transfer ever recorded here (a record leaving memory
     /// does not change the ledger's state, so it does not change the digest).
     pub digest: u128,
+    /// Records written since the host last took the changes, in order (a later copy of an id
+    /// supersedes an earlier one); `None` when the ledger does not track changes.
+    pub changed: Option<Vec<Transfer>>,
 }
 
 impl TransferShard {
@@ -235,6 +248,7 @@ impl TransferShard {
             previous: Generation::with_capacity(generation_max),
             generation_max,
             digest: 0,
+            changed: None,
         }
     }
 
@@ -275,6 +289,9 @@ impl TransferShard {
             self.rotate();
         }
         self.current.insert(transfer);
+        if let Some(changed) = &mut self.changed {
+            changed.push(transfer);
+        }
     }
 
     /// Makes a record that left memory resident again. The digest already counts it. Never
@@ -309,6 +326,10 @@ impl TransferShard {
         let before = digest_of(&record.digest_bytes());
         record.hold = state;
         let after = digest_of(&record.digest_bytes());
+        let copy = *record;
+        if let Some(changed) = &mut self.changed {
+            changed.push(copy);
+        }
         self.digest = self.digest.wrapping_sub(before).wrapping_add(after);
     }
 }

@@ -1,0 +1,554 @@
+//! # hazina-store
+//!
+//! Hazina's storage on RocksDB, the only crate that links it. One database, six column
+//! families:
+//!
+//! | family      | key                                   | value                               |
+//! |-------------|---------------------------------------|-------------------------------------|
+//! | `log`       | entry index (u64, big-endian)         | the entry ([`hazina_core::codec`])  |
+//! | `accounts`  | account id (u128 BE)                  | the account as it stands            |
+//! | `transfers` | transfer id (u128 BE)                 | the record, failed transfers too    |
+//! | `holds`     | transfer id of a pending hold         | empty                               |
+//! | `history`   | account id, timestamp (BE)            | one posted movement and the balance |
+//! | `meta`      | `applied`, `profiles`                 | where the state stands              |
+//!
+//! Two kinds of write, with different durability:
+//! - [`Store::append`] writes log entries with a synced write-ahead log: once it returns, the
+//!   entries survive a crash of the process or the machine. Results are returned to callers
+//!   only after this.
+//! - [`Store::write_state`] writes what an entry changed (accounts, records, statement lines,
+//!   and `applied`, the index of that entry) **without** the write-ahead log. It is lost in a
+//!   crash, which is fine: the log still holds the entry, and recovery replays it. RocksDB's
+//!   atomic flush makes every flush of the state a consistent cut: the state on disk is always
+//!   exactly the effect of the entries up to its `applied` index.
+//!
+//! [`Store::checkpoint`] flushes the state and trims the log behind it, so a restart replays
+//! only the log's tail.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use hazina_core::codec::{self, CodecError, Entry};
+use hazina_core::{Account, LimitProfile, LimitProfileId, ResultCode, Timestamp, Transfer};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions,
+};
+
+const CF_LOG: &str = "log";
+const CF_ACCOUNTS: &str = "accounts";
+const CF_TRANSFERS: &str = "transfers";
+const CF_HOLDS: &str = "holds";
+const CF_HISTORY: &str = "history";
+const CF_META: &str = "meta";
+const FAMILIES: [&str; 6] = [CF_LOG, CF_ACCOUNTS, CF_TRANSFERS, CF_HOLDS, CF_HISTORY, CF_META];
+
+const META_APPLIED: &[u8] = b"applied";
+const META_PROFILES: &[u8] = b"profiles";
+
+/// A storage failure. The node stops on any of them: a ledger that cannot write must not
+/// answer.
+#[derive(Debug)]
+pub enum StoreError {
+    Rocks(rocksdb::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Rocks(e) => write!(f, "rocksdb: {e}"),
+            StoreError::Corrupt(what) => write!(f, "corrupt store: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> StoreError {
+        StoreError::Rocks(e)
+    }
+}
+
+impl From<CodecError> for StoreError {
+    fn from(e: CodecError) -> StoreError {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+/// Where the stored state stands: the effect of every entry up to `index`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub term: u64,
+    /// [`hazina_core::Ledger::transfers_digest`] after that entry.
+    pub transfers_digest: u128,
+    pub timestamp_last: Timestamp,
+}
+
+/// What one applied entry changed, as [`hazina_core::Ledger::take_changes`] gives it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub accounts: Vec<Account>,
+    /// In the order written; a later copy of an id supersedes an earlier one.
+    pub transfers: Vec<Transfer>,
+    /// Set when the entry changed a limit profile: every profile, as they now stand.
+    pub profiles: Option<BTreeMap<LimitProfileId, LimitProfile>>,
+}
+
+/// One line of an account's statement: a posted movement of money.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub transfer_id: u128,
+    pub timestamp: Timestamp,
+    pub amount: u128,
+    /// Money in (the account was credited).
+    pub credit: bool,
+    pub balance_after: i128,
+    pub tx_type: u16,
+    pub counterparty_id: u128,
+}
+
+/// A page of a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The posted balance just before the page's first timestamp.
+    pub opening_balance: i128,
+    pub entries: Vec<HistoryEntry>,
+    /// Where the next page starts, if there is one.
+    pub next_from: Option<Timestamp>,
+}
+
+/// Everything needed to rebuild the ledger as of [`Applied::index`].
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub applied: Applied,
+    pub accounts: Vec<Account>,
+    pub profiles: BTreeMap<LimitProfileId, LimitProfile>,
+    pub holds: Vec<Transfer>,
+}
+
+/// Tuning of the database. The defaults suit a node with a few GiB for RocksDB.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Bytes of each column family's memtable.
+    pub write_buffer_bytes: usize,
+    /// Bytes of the shared block cache.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions { write_buffer_bytes: 64 << 20, block_cache_bytes: 512 << 20 }
+    }
+}
+
+/// The database. Safe to share between threads: one writes, any number read.
+pub struct Store {
+    db: DB,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if missing.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        // State is written without the WAL: every flush must cut all families at one point.
+        db_options.set_atomic_flush(true);
+        db_options.increase_parallelism(2);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let families = FAMILIES.iter().map(|&name| {
+            let mut cf = Options::default();
+            cf.set_write_buffer_size(options.write_buffer_bytes);
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            if matches!(name, CF_TRANSFERS | CF_ACCOUNTS) {
+                // Most lookups of a new transfer id find nothing: a filter answers them
+                // without reading a block.
+                table.set_bloom_filter(10.0, false);
+                table.set_cache_index_and_filter_blocks(true);
+                table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            }
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(name, cf)
+        });
+        let db = DB::open_cf_descriptors(&db_options, path, families)?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("every family is created at open")
+    }
+
+    /// Appends entries to the log and syncs it. Once this returns they survive any crash.
+    pub fn append(&self, entries: &[&[u8]], indexes: &[u64]) -> Result<(), StoreError> {
+        let log = self.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        for (bytes, index) in entries.iter().zip(indexes) {
+            batch.put_cf(log, index.to_be_bytes(), bytes);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// The index of the last entry in the log, or 0.
+    pub fn last_index(&self) -> Result<u64, StoreError> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(0),
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(u64::from_be_bytes(key_array(&key, "log key")?))
+            }
+        }
+    }
+
+    /// The index of the first entry in the log (entries before it were trimmed), or 0.
+    pub fn first_index(&self) -> Result<u64, StoreError> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start);
+        match iter.next() {
+            None => Ok(0),
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(u64::from_be_bytes(key_array(&key, "log key")?))
+            }
+        }
+    }
+
+    /// The entries after `index`, in order. Checks that they follow each other without gaps.
+    pub fn entries_after(&self, index: u64) -> Result<Vec<Entry>, StoreError> {
+        let start = (index + 1).to_be_bytes();
+        let iter =
+            self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward));
+        let mut entries = Vec::new();
+        for (expected, item) in (index + 1..).zip(iter) {
+            let (key, value) = item?;
+            let at = u64::from_be_bytes(key_array(&key, "log key")?);
+            let entry = codec::decode_entry(&value)?;
+            if at != expected || entry.index != at {
+                return Err(StoreError::Corrupt(format!(
+                    "log entry {at} (claims {}) where {expected} was expected",
+                    entry.index
+                )));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    /// Writes what entry `applied.index` changed, without the write-ahead log (see the crate
+    /// documentation).
+    pub fn write_state(&self, applied: &Applied, changes: &Changes) -> Result<(), StoreError> {
+        let (accounts_cf, transfers_cf) = (self.cf(CF_ACCOUNTS), self.cf(CF_TRANSFERS));
+        let (holds_cf, history_cf) = (self.cf(CF_HOLDS), self.cf(CF_HISTORY));
+        let mut batch = WriteBatch::default();
+        let mut bytes = Vec::with_capacity(codec::ACCOUNT_BYTES);
+        for account in &changes.accounts {
+            bytes.clear();
+            codec::encode_account(account, &mut bytes);
+            batch.put_cf(accounts_cf, account.id.to_be_bytes(), &bytes);
+        }
+        for record in &changes.transfers {
+            bytes.clear();
+            codec::encode_transfer(record, &mut bytes);
+            let id = record.new.id.to_be_bytes();
+            batch.put_cf(transfers_cf, id, &bytes);
+            match record.hold {
+                hazina_core::HoldState::Pending => batch.put_cf(holds_cf, id, []),
+                hazina_core::HoldState::None => {}
+                _ => batch.delete_cf(holds_cf, id),
+            }
+        }
+        for (key, value) in history_lines(changes) {
+            batch.put_cf(history_cf, key, value);
+        }
+        let meta = self.cf(CF_META);
+        batch.put_cf(meta, META_APPLIED, encode_applied(applied));
+        if let Some(profiles) = &changes.profiles {
+            batch.put_cf(meta, META_PROFILES, encode_profiles(profiles));
+        }
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Where the state in the database stands (in memory or flushed).
+    pub fn applied(&self) -> Result<Applied, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), META_APPLIED)? {
+            None => Ok(Applied::default()),
+            Some(bytes) => decode_applied(&bytes),
+        }
+    }
+
+    /// Flushes the state to disk and trims the log up to `applied.index - retain`. Returns the
+    /// index the flushed state stands at.
+    pub fn checkpoint(&self, retain: u64) -> Result<u64, StoreError> {
+        // Read before the flush: the flush persists at least this much.
+        let applied = self.applied()?.index;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        let families: Vec<_> = FAMILIES.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&families, &flush)?;
+        let trim_below = applied.saturating_sub(retain);
+        if trim_below > 1 {
+            let log = self.cf(CF_LOG);
+            self.db.delete_range_cf(log, 0u64.to_be_bytes(), trim_below.to_be_bytes())?;
+        }
+        Ok(applied)
+    }
+
+    /// Reads the stored state, to rebuild the ledger. `progress` is called every million
+    /// accounts with the count so far, for start-up logs.
+    pub fn load_checkpoint(
+        &self,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Checkpoint, StoreError> {
+        let applied = self.applied()?;
+        let profiles = match self.db.get_cf(self.cf(CF_META), META_PROFILES)? {
+            None => BTreeMap::new(),
+            Some(bytes) => decode_profiles(&bytes)?,
+        };
+        let mut read = ReadOptions::default();
+        read.set_readahead_size(4 << 20);
+        read.fill_cache(false);
+        let mut accounts = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_ACCOUNTS), read, IteratorMode::Start) {
+            let (_, value) = item?;
+            accounts.push(codec::decode_account(&value)?);
+            if accounts.len() % 1_000_000 == 0 {
+                progress(accounts.len());
+            }
+        }
+        let mut holds = Vec::new();
+        let ids: Vec<Vec<u8>> = self
+            .db
+            .iterator_cf(self.cf(CF_HOLDS), IteratorMode::Start)
+            .map(|item| item.map(|(key, _)| key.to_vec()))
+            .collect::<Result<_, _>>()?;
+        let transfers = self.cf(CF_TRANSFERS);
+        for (id, value) in
+            ids.iter().zip(self.db.multi_get_cf(ids.iter().map(|id| (transfers, id))))
+        {
+            let value = value?.ok_or_else(|| {
+                StoreError::Corrupt(format!("hold {id:?} has no transfer record"))
+            })?;
+            holds.push(codec::decode_transfer(&value)?);
+        }
+        Ok(Checkpoint { applied, accounts, profiles, holds })
+    }
+
+    /// Transfer records by id; `None` where there is none.
+    pub fn transfers(&self, ids: &[u128]) -> Result<Vec<Option<Transfer>>, StoreError> {
+        let cf = self.cf(CF_TRANSFERS);
+        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k)))
+            .into_iter()
+            .map(|value| match value? {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(codec::decode_transfer(&bytes)?)),
+            })
+            .collect()
+    }
+
+    /// Accounts as stored (as of the last written entry), by id.
+    pub fn account(&self, id: u128) -> Result<Option<Account>, StoreError> {
+        match self.db.get_cf(self.cf(CF_ACCOUNTS), id.to_be_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(codec::decode_account(&bytes)?)),
+        }
+    }
+
+    /// A page of `account`'s statement: at most `limit` movements from `from` on, oldest first.
+    pub fn history(
+        &self,
+        account: u128,
+        from: Timestamp,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let cf = self.cf(CF_HISTORY);
+        let start = history_key(account, from);
+        let prefix = account.to_be_bytes();
+        // The opening balance: the line just before `from`, if it is this account's.
+        let mut before = self.db.raw_iterator_cf(cf);
+        before.seek_for_prev(history_key(account, from.saturating_sub(1)));
+        let mut opening_balance = 0;
+        if from > 0
+            && let (Some(key), Some(value)) = (before.key(), before.value())
+            && key.starts_with(&prefix)
+        {
+            opening_balance = decode_history(key, value)?.balance_after;
+        }
+        before.status()?;
+        let mut entries = Vec::new();
+        let mut next_from = None;
+        if limit > 0 {
+            let iter = self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
+            for item in iter {
+                let (key, value) = item?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let entry = decode_history(&key, &value)?;
+                if entries.len() == limit {
+                    next_from = Some(entry.timestamp);
+                    break;
+                }
+                entries.push(entry);
+            }
+        }
+        Ok(HistoryPage { opening_balance, entries, next_from })
+    }
+}
+
+fn key_array<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what} of {} bytes", bytes.len())))
+}
+
+fn encode_applied(a: &Applied) -> Vec<u8> {
+    let mut out = Vec::with_capacity(41);
+    out.push(1);
+    out.extend_from_slice(&a.index.to_le_bytes());
+    out.extend_from_slice(&a.term.to_le_bytes());
+    out.extend_from_slice(&a.transfers_digest.to_le_bytes());
+    out.extend_from_slice(&a.timestamp_last.to_le_bytes());
+    out
+}
+
+fn decode_applied(bytes: &[u8]) -> Result<Applied, StoreError> {
+    let array: [u8; 41] = key_array(bytes, "applied")?;
+    if array[0] != 1 {
+        return Err(StoreError::Corrupt(format!("applied version {}", array[0])));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(array[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Applied {
+        index: u64_at(1),
+        term: u64_at(9),
+        transfers_digest: u128::from_le_bytes(array[17..33].try_into().expect("16 bytes")),
+        timestamp_last: u64_at(33),
+    })
+}
+
+const PROFILE_BYTES: usize = 4 + 4 * 16;
+
+fn encode_profiles(profiles: &BTreeMap<LimitProfileId, LimitProfile>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + profiles.len() * PROFILE_BYTES);
+    out.push(1);
+    for (id, p) in profiles {
+        out.extend_from_slice(&id.to_le_bytes());
+        for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
+            out.extend_from_slice(&limit.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_profiles(bytes: &[u8]) -> Result<BTreeMap<LimitProfileId, LimitProfile>, StoreError> {
+    let Some((&1, body)) = bytes.split_first() else {
+        return Err(StoreError::Corrupt("profiles version".into()));
+    };
+    if body.len() % PROFILE_BYTES != 0 {
+        return Err(StoreError::Corrupt(format!("profiles of {} bytes", body.len())));
+    }
+    let amount = |b: &[u8], at: usize| u128::from_le_bytes(b[at..at + 16].try_into().expect("16"));
+    Ok(body
+        .chunks_exact(PROFILE_BYTES)
+        .map(|b| {
+            let id = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+            let limits = LimitProfile {
+                per_transfer_max: amount(b, 4),
+                daily_debit_max: amount(b, 20),
+                balance_max: amount(b, 36),
+                amount_min: amount(b, 52),
+            };
+            (id, limits)
+        })
+        .collect())
+}
+
+fn history_key(account: u128, timestamp: Timestamp) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&account.to_be_bytes());
+    key[16..].copy_from_slice(&timestamp.to_be_bytes());
+    key
+}
+
+const HISTORY_VALUE_BYTES: usize = 16 + 16 + 1 + 16 + 2 + 16;
+
+fn decode_history(key: &[u8], value: &[u8]) -> Result<HistoryEntry, StoreError> {
+    let key: [u8; 24] = key_array(key, "history key")?;
+    let v: [u8; HISTORY_VALUE_BYTES] = key_array(value, "history line")?;
+    let u128_at = |at: usize| u128::from_le_bytes(v[at..at + 16].try_into().expect("16 bytes"));
+    Ok(HistoryEntry {
+        transfer_id: u128_at(0),
+        timestamp: u64::from_be_bytes(key[16..].try_into().expect("8 bytes")),
+        amount: u128_at(16),
+        credit: v[32] == 1,
+        balance_after: i128::from_le_bytes(v[33..49].try_into().expect("16 bytes")),
+        tx_type: u16::from_le_bytes(v[49..51].try_into().expect("2 bytes")),
+        counterparty_id: u128_at(51),
+    })
+}
+
+/// The statement lines of one entry: every successful transfer that moved posted money (a plain
+/// transfer or the post of a hold), once for each of its two accounts, with the balance after
+/// it.
+///
+/// Balances are worked backwards from where each account stands after the entry (its copy in
+/// `changes.accounts`): the last line of an account in the entry has that balance, and each
+/// earlier line has the balance before the movement after it.
+fn history_lines(changes: &Changes) -> Vec<([u8; 24], [u8; HISTORY_VALUE_BYTES])> {
+    let moved: Vec<&Transfer> = changes
+        .transfers
+        .iter()
+        .filter(|t| {
+            t.result == ResultCode::Ok
+                && !t.new.flags.pending()
+                && !t.new.flags.void_pending()
+                && t.new.amount > 0
+        })
+        .collect();
+    if moved.is_empty() {
+        return Vec::new();
+    }
+    let mut balance: HashMap<u128, i128> =
+        changes.accounts.iter().map(|a| (a.id, a.balance())).collect();
+    let mut lines = Vec::with_capacity(moved.len() * 2);
+    for t in moved.iter().rev() {
+        let amount = i128::try_from(t.new.amount).unwrap_or(i128::MAX);
+        for (account, credit, counterparty) in [
+            (t.new.credit_account_id, true, t.new.debit_account_id),
+            (t.new.debit_account_id, false, t.new.credit_account_id),
+        ] {
+            let running = balance
+                .get_mut(&account)
+                .expect("an account that moved money is among the changed accounts");
+            let after = *running;
+            *running =
+                if credit { after.saturating_sub(amount) } else { after.saturating_add(amount) };
+            let mut value = [0u8; HISTORY_VALUE_BYTES];
+            value[..16].copy_from_slice(&t.new.id.to_le_bytes());
+            value[16..32].copy_from_slice(&t.new.amount.to_le_bytes());
+            value[32] = u8::from(credit);
+            value[33..49].copy_from_slice(&after.to_le_bytes());
+            value[49..51].copy_from_slice(&t.new.tx_type.to_le_bytes());
+            value[51..67].copy_from_slice(&counterparty.to_le_bytes());
+            lines.push((history_key(account, t.timestamp), value));
+        }
+    }
+    lines
+}

@@ -1,0 +1,28 @@
+//! `hazinad`: runs a Hazina ledger node. `hazinad --help` lists every setting.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = hazinad::server::Args::parse();
+    hazinad::server::init_tracing(&args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.io_threads)
+        .thread_name("hazina-io")
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hazinad: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hazinad::server::run(args, hazinad::server::shutdown_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hazinad stopped");
+            eprintln!("hazinad: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

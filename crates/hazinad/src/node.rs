@@ -1,0 +1,751 @@
+//! The node: a pure ledger between two threads.
+//!
+//! ```text
+//!  gRPC handlers ──requests──▶ sequencer ──entries──▶ writer ──replies──▶ gRPC handlers
+//!  (tokio tasks)              (one thread)           (one thread)
+//!                             gathers requests       appends the entries to the log and
+//!                             into one batch,        syncs once for all of them (group
+//!                             prefetches records,    commit), writes what they changed,
+//!                             applies it in memory   then answers their callers
+//! ```
+//!
+//! A caller gets its results only after the entry holding its commands is synced. While the
+//! writer syncs one group, the sequencer gathers and applies the next: the longer a sync takes,
+//! the more requests the next entry carries. Reads go through the same queue and are answered
+//! by the writer after everything applied before them is durable, so a read never shows a
+//! state that a crash could take back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use hazina_core::codec::{self, Entry};
+use hazina_core::{Account, Command, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer};
+use hazina_store::{Applied, Changes, HistoryPage, Store, StoreError, StoreOptions};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+/// How a node runs. `hazinad --help` documents each as a flag.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub ledger: LedgerConfig,
+    /// How long the sequencer waits for more requests once it has one; zero takes only what is
+    /// already queued (the writer's sync time batches requests by itself).
+    pub batch_wait: Duration,
+    /// Commands queued and not yet in an entry beyond which requests are refused
+    /// (`RESOURCE_EXHAUSTED`).
+    pub queue_commands_max: usize,
+    /// Entries between checkpoints.
+    pub checkpoint_every: u64,
+    /// Entries kept in the log behind a checkpoint.
+    pub log_retain: u64,
+    /// The leader epoch written into entries; 1 on a single site.
+    pub term: u64,
+    pub store: StoreOptions,
+}
+
+impl NodeConfig {
+    pub fn new(data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            data_dir,
+            ledger: LedgerConfig {
+                track_changes: true,
+                transfers_generation_max: 1_000_000,
+                ..LedgerConfig::default()
+            },
+            batch_wait: Duration::ZERO,
+            queue_commands_max: 262_144,
+            checkpoint_every: 20_000,
+            log_retain: 1_000,
+            term: 1,
+            store: StoreOptions::default(),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let batch_max = self.ledger.batch_commands_max;
+        if self.ledger.transfers_generation_max != 0
+            && self.ledger.transfers_generation_max < 16 * batch_max
+        {
+            // Records of entries still on their way to storage must stay resident.
+            return Err(format!(
+                "transfers generation ({}) must be 0 or at least 16 batches ({})",
+                self.ledger.transfers_generation_max,
+                16 * batch_max
+            ));
+        }
+        if self.queue_commands_max < batch_max {
+            return Err("the queue must hold at least one full batch".into());
+        }
+        if self.checkpoint_every == 0 {
+            return Err("checkpoint_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a request got no results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeError {
+    /// Too many commands queued: retry later (`RESOURCE_EXHAUSTED`).
+    Overloaded { queued: usize, max: usize },
+    /// The ledger is full of accounts (`RESOURCE_EXHAUSTED`).
+    AccountsFull { accounts: usize, max: usize },
+    /// The node is stopping or has stopped (`UNAVAILABLE`).
+    Stopped,
+    /// Storage failed while reading (`INTERNAL`).
+    Storage(String),
+}
+
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeError::Overloaded { queued, max } => {
+                write!(f, "overloaded: {queued} commands queued, at most {max}; retry later")
+            }
+            NodeError::AccountsFull { accounts, max } => {
+                write!(f, "the ledger holds {accounts} accounts, at most {max}")
+            }
+            NodeError::Stopped => write!(f, "the node is stopping"),
+            NodeError::Storage(e) => write!(f, "storage: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// The node's state as `GetStatus` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub commit_index: u64,
+    pub term: u64,
+    pub digest: u128,
+    pub accounts: u64,
+    pub checkpoint_index: u64,
+    pub timestamp_last: Timestamp,
+    pub queued_commands: u64,
+}
+
+/// Where a request's results go.
+type ResultsTx = oneshot::Sender<Result<Vec<ResultCode>, NodeError>>;
+
+enum Request {
+    Commands { commands: Vec<Command>, reply: ResultsTx },
+    LookupAccounts { ids: Vec<u128>, reply: oneshot::Sender<Vec<Account>> },
+    LookupTransfers { ids: Vec<u128>, reply: oneshot::Sender<Result<Vec<Transfer>, NodeError>> },
+    Status { reply: oneshot::Sender<Status> },
+    Shutdown,
+}
+
+enum Reply {
+    Commands(ResultsTx, Vec<ResultCode>),
+    Accounts(oneshot::Sender<Vec<Account>>, Vec<Account>),
+    Transfers(oneshot::Sender<Result<Vec<Transfer>, NodeError>>, Result<Vec<Transfer>, NodeError>),
+    Status(oneshot::Sender<Status>, Status),
+}
+
+impl Reply {
+    fn send(self) {
+        // A caller that gave up (deadline, disconnect) no longer listens: nothing to do.
+        let _ = match self {
+            Reply::Commands(tx, results) => tx.send(Ok(results)).map_err(drop),
+            Reply::Accounts(tx, accounts) => tx.send(accounts).map_err(drop),
+            Reply::Transfers(tx, transfers) => tx.send(transfers).map_err(drop),
+            Reply::Status(tx, status) => tx.send(status).map_err(drop),
+        };
+    }
+}
+
+/// One applied entry on its way to disk, with the replies that wait for it.
+struct Durable {
+    entry: Option<StagedEntry>,
+    replies: Vec<Reply>,
+}
+
+struct StagedEntry {
+    index: u64,
+    bytes: Vec<u8>,
+    applied: Applied,
+    changes: Changes,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    commit_index: AtomicU64,
+    checkpoint_index: AtomicU64,
+}
+
+/// A running node. Handlers call it from any task; see the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    requests: Sender<Request>,
+    queued: Arc<AtomicUsize>,
+    queue_max: usize,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    accounts_max: usize,
+}
+
+/// A node that could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Config(String),
+    Store(StoreError),
+    Restore(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "configuration: {e}"),
+            StartError::Store(e) => write!(f, "{e}"),
+            StartError::Restore(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> StartError {
+        StartError::Store(e)
+    }
+}
+
+impl Node {
+    /// Opens the store, rebuilds the ledger from the last checkpoint and the log's tail, and
+    /// starts the sequencer and writer threads. Logs its progress: with millions of accounts
+    /// this takes seconds.
+    pub fn start(config: NodeConfig) -> Result<Node, StartError> {
+        config.check().map_err(StartError::Config)?;
+        let started = Instant::now();
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
+        let store = Arc::new(Store::open(&config.data_dir, &config.store)?);
+        tracing::info!(path = %config.data_dir.display(), "loading checkpoint");
+        let checkpoint = store.load_checkpoint(|accounts| {
+            tracing::info!(accounts, "loading checkpoint: accounts read");
+        })?;
+        let applied = checkpoint.applied;
+        let accounts = checkpoint.accounts.len();
+        let mut ledger_config = config.ledger.clone();
+        ledger_config.track_changes = true;
+        ledger_config.accounts_capacity = ledger_config.accounts_capacity.max(accounts);
+        let mut ledger = Ledger::restore(
+            ledger_config,
+            checkpoint.accounts,
+            &checkpoint.profiles,
+            checkpoint.holds,
+            applied.transfers_digest,
+            applied.timestamp_last,
+        )
+        .map_err(|e| StartError::Restore(e.to_string()))?;
+        tracing::info!(
+            index = applied.index,
+            accounts,
+            seconds = started.elapsed().as_secs_f64(),
+            "checkpoint loaded; replaying the log's tail"
+        );
+        let tail = store.entries_after(applied.index)?;
+        let replayed = tail.len();
+        let mut last = applied;
+        for entry in tail {
+            let (_, changes) =
+                apply_entry(&mut ledger, &store, entry.timestamp, &entry.commands)
+                    .map_err(|e| StartError::Restore(format!("entry {}: {e}", entry.index)))?;
+            last = Applied {
+                index: entry.index,
+                term: entry.term,
+                transfers_digest: ledger.transfers_digest(),
+                timestamp_last: ledger.timestamp_last(),
+            };
+            store.write_state(&last, &changes)?;
+            if entry.index % 10_000 == 0 {
+                tracing::info!(index = entry.index, "replaying");
+            }
+        }
+        let commit_index = last.index.max(store.last_index()?);
+        tracing::info!(
+            replayed,
+            commit_index,
+            digest = format!("{:032x}", ledger.digest()),
+            seconds = started.elapsed().as_secs_f64(),
+            "recovered"
+        );
+
+        let shared = Arc::new(Shared::default());
+        shared.commit_index.store(commit_index, Ordering::Relaxed);
+        shared.checkpoint_index.store(applied.index, Ordering::Relaxed);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
+        // Two entries in flight: one syncing, one ready. More would only add latency.
+        let (durable_tx, durable_rx) = crossbeam_channel::bounded(2);
+        let (checkpoint_tx, checkpoint_rx) = crossbeam_channel::bounded(1);
+        let accounts_max = config.ledger.accounts_max;
+        let mut threads = Vec::new();
+        let sequencer = Sequencer {
+            ledger,
+            store: Arc::clone(&store),
+            requests: requests_rx,
+            durable: durable_tx,
+            queued: Arc::clone(&queued),
+            shared: Arc::clone(&shared),
+            next_index: commit_index + 1,
+            term: config.term,
+            batch_wait: config.batch_wait,
+        };
+        threads.push(spawn("hazina-sequencer", move || sequencer.run()));
+        let writer = Writer {
+            store: Arc::clone(&store),
+            durable: durable_rx,
+            checkpoint: checkpoint_tx,
+            shared: Arc::clone(&shared),
+            checkpoint_every: config.checkpoint_every,
+        };
+        threads.push(spawn("hazina-writer", move || writer.run()));
+        let (store_c, shared_c, retain) =
+            (Arc::clone(&store), Arc::clone(&shared), config.log_retain);
+        threads.push(spawn("hazina-checkpoint", move || {
+            checkpointer(&store_c, &checkpoint_rx, &shared_c, retain);
+        }));
+        Ok(Node {
+            requests: requests_tx,
+            queued,
+            queue_max: config.queue_commands_max,
+            store,
+            shared,
+            threads: Mutex::new(threads),
+            accounts_max,
+        })
+    }
+
+    fn admit(&self, n: usize) -> Result<(), NodeError> {
+        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        if queued > self.queue_max {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            metrics::counter!("hazina_requests_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            return Err(NodeError::Overloaded { queued: queued - n, max: self.queue_max });
+        }
+        Ok(())
+    }
+
+    fn send(&self, request: Request, n: usize) -> Result<(), NodeError> {
+        self.admit(n)?;
+        self.requests.send(request).map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            NodeError::Stopped
+        })
+    }
+
+    /// Applies `commands` as part of the next entry and returns their results once that entry
+    /// is synced. The commands of one call stay together and in order in one entry.
+    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<ResultCode>, NodeError> {
+        let n = commands.len();
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commands { commands, reply }, n.max(1))?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn lookup_accounts(&self, ids: Vec<u128>) -> Result<Vec<Account>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let n = ids.len().max(1);
+        self.send(Request::LookupAccounts { ids, reply }, n)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    pub async fn lookup_transfers(&self, ids: Vec<u128>) -> Result<Vec<Transfer>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let n = ids.len().max(1);
+        self.send(Request::LookupTransfers { ids, reply }, n)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<Status, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Status { reply }, 1)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// A page of an account's statement, from storage (durable entries only).
+    pub fn history(
+        &self,
+        account: u128,
+        from: Timestamp,
+        limit: usize,
+    ) -> Result<HistoryPage, NodeError> {
+        self.store.history(account, from, limit).map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.shared.commit_index.load(Ordering::Relaxed)
+    }
+
+    pub fn accounts_max(&self) -> usize {
+        self.accounts_max
+    }
+
+    /// Stops taking requests, answers everything already queued, writes a checkpoint and
+    /// joins the threads.
+    pub fn shutdown(&self) {
+        let _ = self.requests.send(Request::Shutdown);
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a node thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a node thread")
+}
+
+/// A storage write failed: the ledger in memory is ahead of what is on disk and nothing
+/// further can be made durable. Stop the process; a restart recovers from the log.
+fn fail_stop(what: &str, error: &StoreError) -> ! {
+    tracing::error!(%error, "{what} failed; stopping");
+    eprintln!("hazinad: {what} failed: {error}; stopping");
+    std::process::abort();
+}
+
+fn now_nanos() -> Timestamp {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Loads back every record a batch names that left memory, then applies the batch and takes
+/// what it changed. Shared by the sequencer and by recovery, so a replay prefetches exactly as
+/// the first run did.
+fn apply_entry(
+    ledger: &mut Ledger,
+    store: &Store,
+    timestamp: Timestamp,
+    commands: &[Command],
+) -> Result<(Vec<ResultCode>, Changes), String> {
+    let mut missing = Vec::new();
+    for command in commands {
+        if let Command::CreateTransfer(t) = command {
+            for id in [t.id, t.pending_id] {
+                if id != 0 && ledger.transfer(id).is_none() {
+                    missing.push(id);
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort_unstable();
+        missing.dedup();
+        let found = store.transfers(&missing).map_err(|e| e.to_string())?;
+        for record in found.into_iter().flatten() {
+            ledger.load_transfer(record);
+        }
+    }
+    let results = ledger.apply(timestamp, commands).map_err(|e| e.to_string())?;
+    let mut changes = Changes::default();
+    ledger.take_changes(&mut changes.accounts, &mut changes.transfers);
+    if commands.iter().any(|c| matches!(c, Command::SetLimitProfile { .. })) {
+        changes.profiles = Some(ledger.limit_profiles());
+    }
+    Ok((results, changes))
+}
+
+struct Sequencer {
+    ledger: Ledger,
+    store: Arc<Store>,
+    requests: Receiver<Request>,
+    durable: Sender<Durable>,
+    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    next_index: u64,
+    term: u64,
+    batch_wait: Duration,
+}
+
+/// The requests gathered for one entry.
+#[derive(Default)]
+struct Round {
+    commands: Vec<Command>,
+    /// Where each request's commands sit in `commands`.
+    calls: Vec<(ResultsTx, std::ops::Range<usize>)>,
+    reads: Vec<Request>,
+    creating: usize,
+    taken: usize,
+    stop: bool,
+}
+
+impl Sequencer {
+    fn run(mut self) {
+        let batch_max = self.ledger.config().batch_commands_max;
+        let mut carry: Option<Request> = None;
+        loop {
+            let first = match carry.take() {
+                Some(request) => request,
+                None => match self.requests.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
+            let mut round = Round::default();
+            carry = self.add(&mut round, first, batch_max);
+            let deadline = Instant::now() + self.batch_wait;
+            while carry.is_none() && !round.stop && round.commands.len() < batch_max {
+                let next = match self.requests.try_recv() {
+                    Ok(request) => request,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) if self.batch_wait.is_zero() => break,
+                    Err(TryRecvError::Empty) => match self.requests.recv_deadline(deadline) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                carry = self.add(&mut round, next, batch_max);
+            }
+            self.queued.fetch_sub(round.taken, Ordering::Relaxed);
+            metrics::gauge!("hazina_queue_commands")
+                .set(self.queued.load(Ordering::Relaxed) as f64);
+            let stop = round.stop;
+            self.finish(round);
+            if stop {
+                break;
+            }
+        }
+        // Dropping the sender lets the writer drain and stop.
+    }
+
+    /// Adds a request to the round, or hands it back if it does not fit.
+    fn add(&mut self, round: &mut Round, request: Request, batch_max: usize) -> Option<Request> {
+        match request {
+            Request::Commands { commands, reply } => {
+                if !round.commands.is_empty() && round.commands.len() + commands.len() > batch_max {
+                    return Some(Request::Commands { commands, reply });
+                }
+                round.taken += commands.len().max(1);
+                let creating =
+                    commands.iter().filter(|c| matches!(c, Command::CreateAccount(_))).count();
+                let config = self.ledger.config();
+                let accounts = self.ledger.accounts_count();
+                if creating > 0 && accounts + round.creating + creating > config.accounts_max {
+                    // The core would refuse the whole batch; refuse only this request.
+                    let max = config.accounts_max;
+                    let _ = reply.send(Err(NodeError::AccountsFull { accounts, max }));
+                    return None;
+                }
+                round.creating += creating;
+                let start = round.commands.len();
+                round.commands.extend(commands);
+                round.calls.push((reply, start..round.commands.len()));
+            }
+            Request::LookupAccounts { ref ids, .. } | Request::LookupTransfers { ref ids, .. } => {
+                round.taken += ids.len().max(1);
+                round.reads.push(request);
+            }
+            Request::Status { .. } => {
+                round.taken += 1;
+                round.reads.push(request);
+            }
+            Request::Shutdown => round.stop = true,
+        }
+        None
+    }
+
+    fn finish(&mut self, round: Round) {
+        let mut replies = Vec::with_capacity(round.calls.len() + round.reads.len());
+        let mut entry = None;
+        if !round.commands.is_empty() {
+            let timestamp = now_nanos().max(self.ledger.timestamp_last() + 1);
+            let started = Instant::now();
+            let (results, changes) =
+                match apply_entry(&mut self.ledger, &self.store, timestamp, &round.commands) {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        // The batch was checked to fit; a refusal here is a bug or a storage
+                        // failure. Nothing was applied: refuse the callers, keep serving.
+                        tracing::error!(error = %e, "batch refused");
+                        for (reply, _) in round.calls {
+                            let _ = reply.send(Err(NodeError::Storage(e.clone())));
+                        }
+                        return;
+                    }
+                };
+            metrics::histogram!("hazina_apply_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("hazina_batch_commands").record(round.commands.len() as f64);
+            count_results(&round.commands, &results);
+            let index = self.next_index;
+            self.next_index += 1;
+            let entry_value = Entry { index, term: self.term, timestamp, commands: round.commands };
+            let mut bytes = Vec::with_capacity(64 + entry_value.commands.len() * 120);
+            codec::encode_entry(&entry_value, &mut bytes);
+            let applied = Applied {
+                index,
+                term: self.term,
+                transfers_digest: self.ledger.transfers_digest(),
+                timestamp_last: self.ledger.timestamp_last(),
+            };
+            entry = Some(StagedEntry { index, bytes, applied, changes });
+            for (reply, range) in round.calls {
+                replies.push(Reply::Commands(reply, results[range].to_vec()));
+            }
+        }
+        for read in round.reads {
+            replies.push(self.read(read));
+        }
+        if self.durable.send(Durable { entry, replies }).is_err() {
+            tracing::error!("the writer stopped");
+        }
+    }
+
+    fn read(&self, request: Request) -> Reply {
+        match request {
+            Request::LookupAccounts { ids, reply } => {
+                let found = ids.iter().filter_map(|&id| self.ledger.account(id)).collect();
+                Reply::Accounts(reply, found)
+            }
+            Request::LookupTransfers { ids, reply } => {
+                let mut found = Vec::with_capacity(ids.len());
+                let mut missing = Vec::new();
+                for &id in &ids {
+                    match self.ledger.transfer(id) {
+                        Some(record) => found.push(Some(record)),
+                        None => {
+                            found.push(None);
+                            missing.push(id);
+                        }
+                    }
+                }
+                let result = if missing.is_empty() {
+                    Ok(found.into_iter().flatten().collect())
+                } else {
+                    match self.store.transfers(&missing) {
+                        Ok(stored) => {
+                            let mut stored = stored.into_iter();
+                            Ok(found
+                                .into_iter()
+                                .filter_map(|f| f.or_else(|| stored.next().flatten()))
+                                .collect())
+                        }
+                        Err(e) => Err(NodeError::Storage(e.to_string())),
+                    }
+                };
+                Reply::Transfers(reply, result)
+            }
+            Request::Status { reply } => {
+                let status = Status {
+                    // Answered once everything before it is durable: this is then the commit
+                    // index.
+                    commit_index: self.next_index - 1,
+                    term: self.term,
+                    digest: self.ledger.digest(),
+                    accounts: self.ledger.accounts_count() as u64,
+                    checkpoint_index: self.shared.checkpoint_index.load(Ordering::Relaxed),
+                    timestamp_last: self.ledger.timestamp_last(),
+                    queued_commands: self.queued.load(Ordering::Relaxed) as u64,
+                };
+                Reply::Status(reply, status)
+            }
+            Request::Commands { .. } | Request::Shutdown => {
+                unreachable!("only reads are deferred")
+            }
+        }
+    }
+}
+
+fn count_results(commands: &[Command], results: &[ResultCode]) {
+    let mut counts = [0u64; 100];
+    let mut transfers_ok = 0u64;
+    for (command, &result) in commands.iter().zip(results) {
+        counts[usize::from(result as u16).min(99)] += 1;
+        if result == ResultCode::Ok && matches!(command, Command::CreateTransfer(_)) {
+            transfers_ok += 1;
+        }
+    }
+    for &code in ResultCode::ALL {
+        let n = counts[usize::from(code as u16)];
+        if n > 0 {
+            metrics::counter!("hazina_results_total", "result" => code.name()).increment(n);
+        }
+    }
+    metrics::counter!("hazina_commands_total").increment(commands.len() as u64);
+    metrics::counter!("hazina_transfers_total").increment(transfers_ok);
+}
+
+struct Writer {
+    store: Arc<Store>,
+    durable: Receiver<Durable>,
+    checkpoint: Sender<()>,
+    shared: Arc<Shared>,
+    checkpoint_every: u64,
+}
+
+impl Writer {
+    fn run(self) {
+        let mut since_checkpoint = 0u64;
+        while let Ok(first) = self.durable.recv() {
+            let mut group = vec![first];
+            while let Ok(more) = self.durable.try_recv() {
+                group.push(more);
+            }
+            let entries: Vec<&StagedEntry> =
+                group.iter().filter_map(|d| d.entry.as_ref()).collect();
+            if !entries.is_empty() {
+                let bytes: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
+                let indexes: Vec<u64> = entries.iter().map(|e| e.index).collect();
+                let started = Instant::now();
+                if let Err(e) = self.store.append(&bytes, &indexes) {
+                    fail_stop("appending to the log", &e);
+                }
+                metrics::histogram!("hazina_log_sync_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                for entry in &entries {
+                    if let Err(e) = self.store.write_state(&entry.applied, &entry.changes) {
+                        fail_stop("writing the state", &e);
+                    }
+                }
+                let last = indexes[indexes.len() - 1];
+                self.shared.commit_index.store(last, Ordering::Relaxed);
+                metrics::gauge!("hazina_commit_index").set(last as f64);
+                since_checkpoint += entries.len() as u64;
+            }
+            for durable in group {
+                for reply in durable.replies {
+                    reply.send();
+                }
+            }
+            if since_checkpoint >= self.checkpoint_every && self.checkpoint.try_send(()).is_ok() {
+                since_checkpoint = 0;
+            }
+        }
+        // The sequencer stopped: a last checkpoint makes the next start replay nothing.
+        drop(self.checkpoint);
+    }
+}
+
+fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: u64) {
+    let checkpoint = |why: &str| {
+        let started = Instant::now();
+        match store.checkpoint(retain) {
+            Ok(index) => {
+                shared.checkpoint_index.store(index, Ordering::Relaxed);
+                metrics::gauge!("hazina_checkpoint_index").set(index as f64);
+                tracing::info!(index, why, seconds = started.elapsed().as_secs_f64(), "checkpoint");
+            }
+            Err(e) => fail_stop("a checkpoint", &e),
+        }
+    };
+    while signals.recv().is_ok() {
+        checkpoint("periodic");
+    }
+    checkpoint("shutdown");
+}

@@ -1,0 +1,251 @@
+//! The `hazina.v1.Ledger` gRPC service: checks requests at the edge, then hands them to the
+//! [`Node`].
+//!
+//! Business outcomes are result codes in a successful reply. gRPC errors are for the request
+//! itself: `INVALID_ARGUMENT` names the field (`transfers[3].currency: 70000 is out of range`)
+//! or the limit passed; `RESOURCE_EXHAUSTED` when the node is overloaded or full;
+//! `UNAVAILABLE` when it is stopping. A request refused with an error changes nothing.
+
+use std::sync::Arc;
+
+use hazina_core::{Command, ResultCode, TransferFlags};
+use hazina_proto::v1::ledger_server::Ledger;
+use hazina_proto::v1::{self as pb};
+use hazina_proto::{FieldError, u128_from_wire, u128_to_wire};
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, NodeError};
+
+/// Items in one request, at most: a request must fit in one batch with room to spare.
+pub const REQUEST_ITEMS_MAX: usize = 8_190;
+/// Lookups in one request, at most.
+pub const LOOKUP_IDS_MAX: usize = 8_190;
+/// Statement lines in one page, at most.
+pub const HISTORY_LIMIT_MAX: u32 = 1_000;
+/// Bytes of one message, at most (gRPC's usual 4 MiB); larger messages get `OUT_OF_RANGE`
+/// from the transport before they reach the service.
+pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct LedgerService {
+    node: Arc<Node>,
+}
+
+impl LedgerService {
+    pub fn new(node: Arc<Node>) -> LedgerService {
+        LedgerService { node }
+    }
+}
+
+fn invalid(e: &FieldError) -> Status {
+    metrics::counter!("hazina_requests_rejected_total", "reason" => "invalid").increment(1);
+    Status::invalid_argument(e.to_string())
+}
+
+fn too_many(field: &str, n: usize, max: usize) -> Status {
+    metrics::counter!("hazina_requests_rejected_total", "reason" => "too_large").increment(1);
+    Status::invalid_argument(format!("{field}: {n} items exceed the limit of {max} per request"))
+}
+
+fn node_error(e: NodeError) -> Status {
+    match e {
+        NodeError::Overloaded { .. } | NodeError::AccountsFull { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
+        NodeError::Stopped => Status::unavailable(e.to_string()),
+        NodeError::Storage(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn results_reply(results: &[ResultCode]) -> Vec<i32> {
+    results.iter().map(|&r| hazina_proto::result_to_wire(r)).collect()
+}
+
+fn ids_from_wire(ids: &[pb::Uint128]) -> Result<Vec<u128>, Status> {
+    if ids.len() > LOOKUP_IDS_MAX {
+        return Err(too_many("ids", ids.len(), LOOKUP_IDS_MAX));
+    }
+    Ok(ids.iter().map(|id| u128_from_wire(Some(id))).collect())
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    async fn create_accounts(
+        &self,
+        request: Request<pb::CreateAccountsRequest>,
+    ) -> Result<Response<pb::CreateAccountsReply>, Status> {
+        let accounts = request.into_inner().accounts;
+        if accounts.len() > REQUEST_ITEMS_MAX {
+            return Err(too_many("accounts", accounts.len(), REQUEST_ITEMS_MAX));
+        }
+        let commands = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                hazina_proto::new_account_from_wire(a, &format!("accounts[{i}]"))
+                    .map(Command::CreateAccount)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let results = self.node.execute(commands).await.map_err(node_error)?;
+        Ok(Response::new(pb::CreateAccountsReply { results: results_reply(&results) }))
+    }
+
+    async fn create_transfers(
+        &self,
+        request: Request<pb::CreateTransfersRequest>,
+    ) -> Result<Response<pb::CreateTransfersReply>, Status> {
+        let transfers = request.into_inner().transfers;
+        if transfers.len() > REQUEST_ITEMS_MAX {
+            return Err(too_many("transfers", transfers.len(), REQUEST_ITEMS_MAX));
+        }
+        let commands = transfers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                hazina_proto::new_transfer_from_wire(t, &format!("transfers[{i}]"))
+                    .map(Command::CreateTransfer)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        if let Some(Command::CreateTransfer(last)) = commands.last()
+            && last.flags.contains(TransferFlags::LINKED)
+        {
+            // Requests share entries: an open chain would take in the next caller's transfers.
+            return Err(invalid(&FieldError {
+                field: format!("transfers[{}].flags", commands.len() - 1),
+                reason: "the last transfer of a request must not be linked (the chain is open)"
+                    .into(),
+            }));
+        }
+        let results = self.node.execute(commands).await.map_err(node_error)?;
+        Ok(Response::new(pb::CreateTransfersReply { results: results_reply(&results) }))
+    }
+
+    async fn lookup_accounts(
+        &self,
+        request: Request<pb::LookupAccountsRequest>,
+    ) -> Result<Response<pb::LookupAccountsReply>, Status> {
+        let ids = ids_from_wire(&request.into_inner().ids)?;
+        let accounts = self.node.lookup_accounts(ids).await.map_err(node_error)?;
+        Ok(Response::new(pb::LookupAccountsReply {
+            accounts: accounts.iter().map(hazina_proto::account_to_wire).collect(),
+        }))
+    }
+
+    async fn lookup_transfers(
+        &self,
+        request: Request<pb::LookupTransfersRequest>,
+    ) -> Result<Response<pb::LookupTransfersReply>, Status> {
+        let ids = ids_from_wire(&request.into_inner().ids)?;
+        let transfers = self.node.lookup_transfers(ids).await.map_err(node_error)?;
+        Ok(Response::new(pb::LookupTransfersReply {
+            transfers: transfers.iter().map(hazina_proto::transfer_to_wire).collect(),
+        }))
+    }
+
+    async fn get_account_history(
+        &self,
+        request: Request<pb::GetAccountHistoryRequest>,
+    ) -> Result<Response<pb::GetAccountHistoryReply>, Status> {
+        let request = request.into_inner();
+        let account = u128_from_wire(request.account_id.as_ref());
+        if account == 0 {
+            return Err(invalid(&FieldError {
+                field: "account_id".into(),
+                reason: "must not be zero".into(),
+            }));
+        }
+        if request.limit > HISTORY_LIMIT_MAX {
+            return Err(invalid(&FieldError {
+                field: "limit".into(),
+                reason: format!("{} exceeds the page limit of {HISTORY_LIMIT_MAX}", request.limit),
+            }));
+        }
+        let node = Arc::clone(&self.node);
+        let page = tokio::task::spawn_blocking(move || {
+            node.history(account, request.from_timestamp, request.limit as usize)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(node_error)?;
+        Ok(Response::new(pb::GetAccountHistoryReply {
+            opening_balance: Some(hazina_proto::balance_to_wire(page.opening_balance)),
+            entries: page
+                .entries
+                .iter()
+                .map(|e| pb::HistoryEntry {
+                    transfer_id: Some(u128_to_wire(e.transfer_id)),
+                    timestamp: e.timestamp,
+                    amount: Some(u128_to_wire(e.amount)),
+                    credit: e.credit,
+                    balance_after: Some(hazina_proto::balance_to_wire(e.balance_after)),
+                    tx_type: e.tx_type.into(),
+                    counterparty_id: Some(u128_to_wire(e.counterparty_id)),
+                })
+                .collect(),
+            next_from_timestamp: page.next_from.unwrap_or(0),
+        }))
+    }
+
+    async fn set_account_status(
+        &self,
+        request: Request<pb::SetAccountStatusRequest>,
+    ) -> Result<Response<pb::SetAccountStatusReply>, Status> {
+        let changes = request.into_inner().changes;
+        if changes.len() > REQUEST_ITEMS_MAX {
+            return Err(too_many("changes", changes.len(), REQUEST_ITEMS_MAX));
+        }
+        let commands = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let status =
+                    hazina_proto::status_from_wire(c.status, &format!("changes[{i}].status"))?;
+                Ok(Command::SetAccountStatus {
+                    account_id: u128_from_wire(c.account_id.as_ref()),
+                    status,
+                })
+            })
+            .collect::<Result<Vec<_>, FieldError>>()
+            .map_err(|e| invalid(&e))?;
+        let results = self.node.execute(commands).await.map_err(node_error)?;
+        Ok(Response::new(pb::SetAccountStatusReply { results: results_reply(&results) }))
+    }
+
+    async fn set_limit_profiles(
+        &self,
+        request: Request<pb::SetLimitProfilesRequest>,
+    ) -> Result<Response<pb::SetLimitProfilesReply>, Status> {
+        let profiles = request.into_inner().profiles;
+        if profiles.len() > REQUEST_ITEMS_MAX {
+            return Err(too_many("profiles", profiles.len(), REQUEST_ITEMS_MAX));
+        }
+        let commands = profiles
+            .iter()
+            .map(|p| {
+                let (profile_id, limits) = hazina_proto::limit_profile_from_wire(p);
+                Command::SetLimitProfile { profile_id, limits }
+            })
+            .collect();
+        let results = self.node.execute(commands).await.map_err(node_error)?;
+        Ok(Response::new(pb::SetLimitProfilesReply { results: results_reply(&results) }))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusReply>, Status> {
+        let status = self.node.status().await.map_err(node_error)?;
+        Ok(Response::new(pb::GetStatusReply {
+            commit_index: status.commit_index,
+            term: status.term,
+            digest: Some(u128_to_wire(status.digest)),
+            accounts: status.accounts,
+            checkpoint_index: status.checkpoint_index,
+            timestamp_last: status.timestamp_last,
+            version: env!("CARGO_PKG_VERSION").into(),
+            queued_commands: status.queued_commands,
+        }))
+    }
+}
