@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, raw_call};
 use hazina_client::proto::v1 as pb;
 use hazina_client::{Client, ClientError, RetryPolicy};
 use hazina_core::{
@@ -46,60 +46,6 @@ fn code(e: ClientError) -> (Code, String) {
         ClientError::Rpc(status) => (status.code(), status.message().to_owned()),
         other => panic!("expected an RPC error, got {other}"),
     }
-}
-
-/// A raw gRPC call with the given bytes as the message: for malformed protobuf.
-async fn raw_call(addr: &str, path: &'static str, body: Vec<u8>) -> tonic::Status {
-    #[derive(Clone, Copy, Debug, Default)]
-    struct Raw;
-    #[derive(Debug)]
-    struct RawEncoder;
-    #[derive(Debug)]
-    struct RawDecoder;
-    impl tonic::codec::Encoder for RawEncoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(
-            &mut self,
-            item: Vec<u8>,
-            dst: &mut tonic::codec::EncodeBuf<'_>,
-        ) -> Result<(), tonic::Status> {
-            bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-    impl tonic::codec::Decoder for RawDecoder {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(
-            &mut self,
-            src: &mut tonic::codec::DecodeBuf<'_>,
-        ) -> Result<Option<Vec<u8>>, tonic::Status> {
-            let n = bytes::Buf::remaining(src);
-            Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
-        }
-    }
-    impl tonic::codec::Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEncoder;
-        type Decoder = RawDecoder;
-        fn encoder(&mut self) -> RawEncoder {
-            RawEncoder
-        }
-        fn decoder(&mut self) -> RawDecoder {
-            RawDecoder
-        }
-    }
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.expect("ready");
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-    grpc.unary(tonic::Request::new(body), path, Raw).await.expect_err("malformed message accepted")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,10 +130,14 @@ async fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
 
     // Truncated protobuf: a length-delimited field that claims more bytes than follow.
     let truncated = vec![0x0a, 0x40, 0x0a, 0x02];
-    let status = raw_call(&server.addr, "/hazina.v1.Ledger/CreateTransfers", truncated).await;
+    let status = raw_call(&server.addr, "/hazina.v1.Ledger/CreateTransfers", truncated)
+        .await
+        .expect_err("a truncated message was accepted");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     // Garbage in place of a message.
-    let status = raw_call(&server.addr, "/hazina.v1.Ledger/CreateAccounts", vec![0xff; 64]).await;
+    let status = raw_call(&server.addr, "/hazina.v1.Ledger/CreateAccounts", vec![0xff; 64])
+        .await
+        .expect_err("garbage was accepted");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     // Garbage bytes on the port, then a client that hangs up halfway.

@@ -96,3 +96,58 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// A gRPC call with the given bytes as the message and the reply's bytes back: for malformed
+/// protobuf, and for clients that know the API only from reflection.
+pub async fn raw_call(addr: &str, path: &str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Raw;
+    #[derive(Debug)]
+    struct RawEncoder;
+    #[derive(Debug)]
+    struct RawDecoder;
+    impl tonic::codec::Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(
+            &mut self,
+            item: Vec<u8>,
+            dst: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    impl tonic::codec::Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(
+            &mut self,
+            src: &mut tonic::codec::DecodeBuf<'_>,
+        ) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let n = bytes::Buf::remaining(src);
+            Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).expect("a gRPC path");
+    grpc.unary(tonic::Request::new(body), path, Raw).await.map(tonic::Response::into_inner)
+}
