@@ -561,7 +561,7 @@ impl Sequencer {
         None
     }
 
-    fn finish(&mut self, round: Round) {
+    fn finish(&mut self, mut round: Round) {
         let mut replies = Vec::with_capacity(round.calls.len() + round.reads.len());
         let mut entry = None;
         if !round.commands.is_empty() {
@@ -595,8 +595,14 @@ impl Sequencer {
                 timestamp_last: self.ledger.timestamp_last(),
             };
             entry = Some(StagedEntry { index, bytes, applied, changes });
-            for (reply, range) in round.calls {
+            for (reply, range) in std::mem::take(&mut round.calls) {
                 replies.push(Reply::Commands(reply, results[range].to_vec()));
+            }
+        }
+        if entry.is_none() {
+            // Only empty requests: nothing to apply, nothing to log.
+            for (reply, _) in round.calls {
+                replies.push(Reply::Commands(reply, Vec::new()));
             }
         }
         for read in round.reads {

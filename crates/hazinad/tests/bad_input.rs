@@ -82,6 +82,8 @@ async fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
         let results = client.create_transfers(&[transfer]).await.unwrap();
         assert_eq!(results, [expected], "{transfer:?}");
     }
+    // An empty request is answered at once, with no results.
+    assert!(no_retry.create_transfers(&[]).await.unwrap().is_empty());
     let before = client.status().await.unwrap();
 
     // Past the items limit: INVALID_ARGUMENT naming the limit, nothing applied.

@@ -1,0 +1,594 @@
+//! `hazina-loadtest` (the library behind the binary): drives a Hazina node with a mobile-money population and traffic mix,
+//! measures throughput and latency, and verifies the outcome.
+//!
+//! ```text
+//! hazina-loadtest --target http://127.0.0.1:7400 --rate 16000 --duration 60 --json run.json
+//! ```
+//!
+//! Open loop (default): requests are scheduled at `--rate` attempts per second, and latency is
+//! measured from each request's intended send time, so a slow server cannot hide its queueing
+//! (no coordinated omission). Closed loop (`--rate 0`): `--concurrency` callers send back to
+//! back, to find the maximum. `--batch N` puts N attempts in each request.
+
+// A command-line tool prints its report.
+#![allow(clippy::print_stdout)]
+
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hazina_client::{Client, ClientError, RetryPolicy};
+use hazina_core::{NewTransfer, ResultCode, TransferFlags};
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use workload::{Mix, Population, WALLET_LIMITS, WALLET_PROFILE};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hazina-loadtest", version, about = "Load-test and verify a Hazina node")]
+pub struct Args {
+    /// gRPC address of the node.
+    #[arg(long, default_value = "http://127.0.0.1:7400")]
+    pub target: String,
+    /// Prometheus endpoint of the node, to check its counts against ours; "off" to skip.
+    #[arg(long, default_value = "http://127.0.0.1:9400/metrics")]
+    pub metrics: String,
+    /// Attempts per second (open loop); 0 runs a closed loop at --concurrency.
+    #[arg(long, default_value_t = 16_000)]
+    pub rate: u64,
+    /// Seconds of load (after set-up).
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Stop after this many attempts, if sooner.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Attempts per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Requests in flight at most (open loop), or callers (closed loop).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// gRPC connections to spread requests over.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub customers: u64,
+    #[arg(long, default_value_t = 20_000)]
+    pub tills: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub paybills: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub agents: u64,
+    #[arg(long, default_value_t = 100)]
+    pub employers: u64,
+    /// Share of attempts made from empty wallets, refused for insufficient funds.
+    #[arg(long, default_value_t = 50)]
+    pub reject_percent: u32,
+    /// Share of answered requests sent again with the same ids, as a client that timed out
+    /// would; each must get its first outcome back (`Exists` for a success).
+    #[arg(long, default_value_t = 1)]
+    pub resend_percent: u32,
+    /// Transfers in one salary payout.
+    #[arg(long, default_value_t = 100)]
+    pub salary_batch: usize,
+    /// Skip creating the population (it exists from an earlier run with the same sizes).
+    #[arg(long)]
+    pub skip_setup: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// What the run saw, shared by the workers.
+#[derive(Debug)]
+struct Tally {
+    latency: Mutex<Histogram<u64>>,
+    results: Mutex<BTreeMap<u16, u64>>,
+    /// Every acknowledged transfer and its outcome, for verification.
+    acknowledged: Mutex<Vec<(u128, ResultCode)>>,
+    transfers: AtomicU64,
+    requests: AtomicU64,
+    transport_errors: AtomicU64,
+    /// Items of requests that got an error: they may or may not have been applied.
+    in_doubt: AtomicU64,
+    resend_mismatches: AtomicU64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
+            results: Mutex::new(BTreeMap::new()),
+            acknowledged: Mutex::new(Vec::new()),
+            transfers: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            transport_errors: AtomicU64::new(0),
+            in_doubt: AtomicU64::new(0),
+            resend_mismatches: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub target_rate: u64,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub transfers: u64,
+    pub transfers_per_second: f64,
+    pub latency_us: BTreeMap<String, u64>,
+    pub results: BTreeMap<String, u64>,
+    pub transport_errors: u64,
+    pub in_doubt_transfers: u64,
+    pub verification: Verification,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Verification {
+    pub money_conserved: bool,
+    pub debits_posted: String,
+    pub credits_posted: String,
+    pub acknowledged_checked: u64,
+    pub acknowledged_mismatched: u64,
+    pub resend_mismatches: u64,
+    /// Server counts minus ours, by result, where they differ beyond what is in doubt.
+    pub metrics_disagreements: BTreeMap<String, i64>,
+    pub metrics_checked: bool,
+    pub passed: bool,
+}
+
+/// Sets up (unless told not to), runs the load, verifies, prints the table and writes the JSON.
+pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+    if args.batch == 0 || args.batch > 8_000 || args.concurrency == 0 || args.connections == 0 {
+        return Err("--batch must be 1 to 8,000; --concurrency and --connections at least 1".into());
+    }
+    let population = Population {
+        customers: args.customers.max(2),
+        tills: args.tills.max(1),
+        paybills: args.paybills.max(1),
+        agents: args.agents.max(1),
+        employers: args.employers.max(1),
+    };
+    let retry =
+        RetryPolicy { attempts: 1, timeout: Duration::from_secs(30), ..RetryPolicy::default() };
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(Client::connect_with(&args.target, retry).await?);
+    }
+    if !args.skip_setup {
+        setup(&clients, &population, args.seed).await?;
+    }
+    let metrics_before = scrape(&args.metrics).await;
+
+    let tally = Arc::new(Tally::new());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let attempts_max = args.count.unwrap_or(u64::MAX);
+    let progress = progress_line(Arc::clone(&tally), started);
+    let mode = if args.rate == 0 { "closed" } else { "open" };
+    if args.rate == 0 {
+        closed_loop(&args, &clients, &population, &tally, deadline, attempts_max).await;
+    } else {
+        open_loop(&args, &clients, &population, &tally, deadline, attempts_max).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.abort();
+    eprintln!();
+
+    let metrics_after = scrape(&args.metrics).await;
+    let verification =
+        verify(&clients[0], &population, &tally, metrics_before, metrics_after).await?;
+    let latency = tally.latency.lock().expect("tally").clone();
+    let mut latency_us = BTreeMap::new();
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+        latency_us.insert(name.to_owned(), latency.value_at_quantile(q));
+    }
+    latency_us.insert("max".to_owned(), latency.max());
+    let transfers = tally.transfers.load(Ordering::Relaxed);
+    let report = Report {
+        mode: mode.into(),
+        target_rate: args.rate,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        seconds,
+        requests: tally.requests.load(Ordering::Relaxed),
+        transfers,
+        transfers_per_second: transfers as f64 / seconds,
+        latency_us,
+        results: tally
+            .results
+            .lock()
+            .expect("tally")
+            .iter()
+            .map(|(&code, &n)| {
+                let name = ResultCode::from_code(code).map_or("unknown", ResultCode::name);
+                (name.to_owned(), n)
+            })
+            .collect(),
+        transport_errors: tally.transport_errors.load(Ordering::Relaxed),
+        in_doubt_transfers: tally.in_doubt.load(Ordering::Relaxed),
+        verification,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("JSON written to {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Creates the limit profile, the accounts and the funding, in batches, several in flight.
+async fn setup(clients: &[Client], population: &Population, seed: u64) -> Result<(), ClientError> {
+    let started = Instant::now();
+    let results = clients[0].set_limit_profiles(&[(WALLET_PROFILE, WALLET_LIMITS)]).await?;
+    check_setup(&results, "limit profile")?;
+    let accounts = population.accounts();
+    eprintln!("set-up: creating {} accounts", accounts.len());
+    let mut calls = tokio::task::JoinSet::new();
+    for (k, chunk) in accounts.chunks(8_000).enumerate() {
+        let (client, chunk) = (clients[k % clients.len()].clone(), chunk.to_vec());
+        calls.spawn(async move { client.create_accounts(&chunk).await });
+        if calls.len() >= 2 * clients.len() {
+            check_setup(&calls.join_next().await.expect("a call").expect("joined")?, "accounts")?;
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        check_setup(&done.expect("joined")?, "accounts")?;
+    }
+    let funding = population.funding(&mut ChaCha8Rng::seed_from_u64(seed));
+    eprintln!("set-up: funding {} accounts", funding.len());
+    for (k, chunk) in funding.chunks(8_000).enumerate() {
+        let (client, chunk) = (clients[k % clients.len()].clone(), chunk.to_vec());
+        calls.spawn(async move { client.create_transfers(&chunk).await });
+        if calls.len() >= 2 * clients.len() {
+            check_setup(&calls.join_next().await.expect("a call").expect("joined")?, "funding")?;
+        }
+    }
+    while let Some(done) = calls.join_next().await {
+        check_setup(&done.expect("joined")?, "funding")?;
+    }
+    eprintln!("set-up: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn check_setup(results: &[ResultCode], what: &str) -> Result<(), ClientError> {
+    match results.iter().find(|r| !r.is_applied()) {
+        None => Ok(()),
+        Some(r) => Err(ClientError::BadReply(format!("set-up of {what} refused: {}", r.name()))),
+    }
+}
+
+/// Ids of a worker's transfers: disjoint ranges above the funding transfers, by seed.
+fn first_id(population: &Population, seed: u64, worker: usize) -> u128 {
+    let base = population.funding_count() + 1_000 + (u128::from(seed) << 64);
+    base + (worker as u128) * (1u128 << 40)
+}
+
+/// Sends one request of `attempts`, records its latency from `intended` and its results, and
+/// resends it sometimes. Returns the holds it placed.
+async fn send(
+    client: &Client,
+    tally: &Tally,
+    transfers: Vec<NewTransfer>,
+    intended: Instant,
+    resend: bool,
+) -> Vec<NewTransfer> {
+    let outcome = client.create_transfers(&transfers).await;
+    let micros = u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+    tally.requests.fetch_add(1, Ordering::Relaxed);
+    let results = match outcome {
+        Ok(results) => results,
+        Err(_) => {
+            tally.transport_errors.fetch_add(1, Ordering::Relaxed);
+            tally.in_doubt.fetch_add(transfers.len() as u64, Ordering::Relaxed);
+            return Vec::new();
+        }
+    };
+    let _ = tally.latency.lock().expect("tally").record(micros);
+    tally.transfers.fetch_add(transfers.len() as u64, Ordering::Relaxed);
+    {
+        let mut counts = tally.results.lock().expect("tally");
+        for r in &results {
+            *counts.entry(*r as u16).or_default() += 1;
+        }
+    }
+    tally
+        .acknowledged
+        .lock()
+        .expect("tally")
+        .extend(transfers.iter().map(|t| t.id).zip(results.iter().copied()));
+    let holds = transfers
+        .iter()
+        .zip(&results)
+        .filter(|(t, r)| t.flags.contains(TransferFlags::PENDING) && **r == ResultCode::Ok)
+        .map(|(t, _)| *t)
+        .collect();
+    if resend {
+        match client.create_transfers(&transfers).await {
+            Ok(again) => {
+                tally.requests.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut counts = tally.results.lock().expect("tally");
+                    for r in &again {
+                        *counts.entry(*r as u16).or_default() += 1;
+                    }
+                }
+                let expected: Vec<ResultCode> = results
+                    .iter()
+                    .map(|&r| if r == ResultCode::Ok { ResultCode::Exists } else { r })
+                    .collect();
+                if again != expected {
+                    tally.resend_mismatches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                tally.transport_errors.fetch_add(1, Ordering::Relaxed);
+                tally.in_doubt.fetch_add(transfers.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    holds
+}
+
+async fn open_loop(
+    args: &Args,
+    clients: &[Client],
+    population: &Population,
+    tally: &Arc<Tally>,
+    deadline: Instant,
+    attempts_max: u64,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mix = Arc::new(tokio::sync::Mutex::new(Mix::new(
+        population.clone(),
+        ChaCha8Rng::seed_from_u64(args.seed),
+        first_id(population, args.seed, 0),
+        args.reject_percent,
+        args.salary_batch,
+    )));
+    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut k = 0u32;
+    let mut tasks = tokio::task::JoinSet::new();
+    while sent < attempts_max {
+        let intended = start + interval * k;
+        if intended >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(intended.into()).await;
+        k += 1;
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        let (transfers, resend) = {
+            let mut mix = mix.lock().await;
+            let mut transfers = Vec::new();
+            for _ in 0..args.batch {
+                transfers.extend(mix.attempt().transfers);
+            }
+            (transfers, mix.resend(args.resend_percent))
+        };
+        sent += args.batch as u64;
+        let (client, tally, mix) =
+            (clients[k as usize % clients.len()].clone(), Arc::clone(tally), Arc::clone(&mix));
+        tasks.spawn(async move {
+            let holds = send(&client, &tally, transfers, intended, resend).await;
+            drop(permit);
+            let mut mix = mix.lock().await;
+            for hold in holds {
+                mix.hold_placed(hold);
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn closed_loop(
+    args: &Args,
+    clients: &[Client],
+    population: &Population,
+    tally: &Arc<Tally>,
+    deadline: Instant,
+    attempts_max: u64,
+) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let mut mix = Mix::new(
+            population.clone(),
+            ChaCha8Rng::seed_from_u64(args.seed ^ ((worker as u64 + 1) << 32)),
+            first_id(population, args.seed, worker + 1),
+            args.reject_percent,
+            args.salary_batch,
+        );
+        let (client, tally) = (clients[worker % clients.len()].clone(), Arc::clone(tally));
+        let (sent, stop, batch, resend_percent) =
+            (Arc::clone(&sent), Arc::clone(&stop), args.batch, args.resend_percent);
+        callers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if sent.fetch_add(batch as u64, Ordering::Relaxed) >= attempts_max {
+                    break;
+                }
+                let mut transfers = Vec::new();
+                for _ in 0..batch {
+                    transfers.extend(mix.attempt().transfers);
+                }
+                let resend = mix.resend(resend_percent);
+                for hold in send(&client, &tally, transfers, Instant::now(), resend).await {
+                    mix.hold_placed(hold);
+                }
+            }
+        });
+    }
+    while callers.join_next().await.is_some() {}
+    stop.store(true, Ordering::Relaxed);
+}
+
+fn progress_line(tally: Arc<Tally>, started: Instant) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("template"),
+    );
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let transfers = tally.transfers.load(Ordering::Relaxed);
+            let now = Instant::now();
+            let rate = (transfers - last.1) as f64 / (now - last.0).as_secs_f64();
+            last = (now, transfers);
+            let (p50, p99) = {
+                let h = tally.latency.lock().expect("tally");
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+            };
+            bar.set_message(format!(
+                "{rate:>9.0} transfers/s  p50 {p50} µs  p99 {p99} µs  total {transfers}  errors {}  ({:.0} s)",
+                tally.transport_errors.load(Ordering::Relaxed),
+                started.elapsed().as_secs_f64()
+            ));
+            bar.tick();
+        }
+    })
+}
+
+/// The node's result counters, by result name; empty when metrics are off or unreachable.
+async fn scrape(url: &str) -> Option<BTreeMap<String, u64>> {
+    if url == "off" {
+        return None;
+    }
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let path = format!("/{}", path.trim_start_matches('/'));
+    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    let mut counts = BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("hazina_results_total{result=\"") else { continue };
+        let Some((name, value)) = rest.split_once("\"} ") else { continue };
+        counts.insert(name.to_owned(), value.trim().parse().ok()?);
+    }
+    Some(counts)
+}
+
+async fn verify(
+    client: &Client,
+    population: &Population,
+    tally: &Tally,
+    before: Option<BTreeMap<String, u64>>,
+    after: Option<BTreeMap<String, u64>>,
+) -> Result<Verification, ClientError> {
+    let mut v = Verification::default();
+    // Money: over every account, posted debits equal posted credits.
+    let ids: Vec<u128> = population.accounts().iter().map(|a| a.id).collect();
+    let (mut debits, mut credits) = (0u128, 0u128);
+    let (mut held_out, mut held_in) = (0u128, 0u128);
+    for chunk in ids.chunks(8_000) {
+        for a in client.lookup_accounts(chunk).await? {
+            debits += a.debits_posted;
+            credits += a.credits_posted;
+            held_out += a.debits_pending;
+            held_in += a.credits_pending;
+        }
+    }
+    v.money_conserved = debits == credits && held_out == held_in;
+    v.debits_posted = debits.to_string();
+    v.credits_posted = credits.to_string();
+    // Every acknowledged transfer, looked up again.
+    let acknowledged = std::mem::take(&mut *tally.acknowledged.lock().expect("tally"));
+    for chunk in acknowledged.chunks(8_000) {
+        let ids: Vec<u128> = chunk.iter().map(|(id, _)| *id).collect();
+        let found: BTreeMap<u128, ResultCode> = client
+            .lookup_transfers(&ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.new.id, t.result))
+            .collect();
+        for (id, result) in chunk {
+            v.acknowledged_checked += 1;
+            if found.get(id) != Some(result) {
+                v.acknowledged_mismatched += 1;
+            }
+        }
+    }
+    v.resend_mismatches = tally.resend_mismatches.load(Ordering::Relaxed);
+    // The node's counts against ours: equal, but for requests in doubt.
+    if let (Some(before), Some(after)) = (before, after) {
+        v.metrics_checked = true;
+        let ours = tally.results.lock().expect("tally").clone();
+        let in_doubt = i64::try_from(tally.in_doubt.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let mut all: BTreeMap<String, i64> = BTreeMap::new();
+        for (name, n) in &after {
+            let server = i64::try_from(*n - before.get(name).copied().unwrap_or(0)).unwrap_or(0);
+            all.insert(name.clone(), server);
+        }
+        for (code, n) in &ours {
+            let name = ResultCode::from_code(*code).map_or("unknown", ResultCode::name);
+            *all.entry(name.to_owned()).or_default() -= i64::try_from(*n).unwrap_or(0);
+        }
+        for (name, diff) in all {
+            if diff < 0 || diff > in_doubt {
+                v.metrics_disagreements.insert(name, diff);
+            }
+        }
+    }
+    v.passed = v.money_conserved
+        && v.acknowledged_mismatched == 0
+        && v.resend_mismatches == 0
+        && v.metrics_disagreements.is_empty();
+    Ok(v)
+}
+
+fn print_table(r: &Report) {
+    println!();
+    println!(
+        "mode            {} (target {} attempts/s, batch {}, concurrency {})",
+        r.mode, r.target_rate, r.batch, r.concurrency
+    );
+    println!("duration        {:.1} s", r.seconds);
+    println!("requests        {}", r.requests);
+    println!("transfers       {}  ({:.0}/s)", r.transfers, r.transfers_per_second);
+    for (name, us) in &r.latency_us {
+        println!("latency {name:<7} {:.3} ms", *us as f64 / 1_000.0);
+    }
+    println!(
+        "transport errs  {}  (transfers in doubt: {})",
+        r.transport_errors, r.in_doubt_transfers
+    );
+    println!("results:");
+    for (name, n) in &r.results {
+        println!("  {name:<28} {n}");
+    }
+    let v = &r.verification;
+    println!("verification:");
+    println!(
+        "  money conserved             {} (debits {} = credits {})",
+        v.money_conserved, v.debits_posted, v.credits_posted
+    );
+    println!(
+        "  acknowledged looked up      {} ({} mismatched)",
+        v.acknowledged_checked, v.acknowledged_mismatched
+    );
+    println!("  resends with first outcome  {} mismatched", v.resend_mismatches);
+    if v.metrics_checked {
+        println!("  node metrics agree          {}", v.metrics_disagreements.is_empty());
+    } else {
+        println!("  node metrics agree          not checked (metrics off or unreachable)");
+    }
+    println!("  PASSED                      {}", v.passed);
+}

@@ -1,0 +1,25 @@
+//! `hazina-loadtest`: see the library documentation, or `hazina-loadtest --help`.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = hazina_loadtest::Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hazina-loadtest: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hazina_loadtest::run(args)) {
+        Ok(report) if report.verification.passed => std::process::ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("hazina-loadtest: verification FAILED");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("hazina-loadtest: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
