@@ -39,7 +39,8 @@ pub struct Args {
     /// Prometheus endpoint of the node, to check its counts against ours; "off" to skip.
     #[arg(long, default_value = "http://127.0.0.1:9400/metrics")]
     pub metrics: String,
-    /// Attempts per second (open loop); 0 runs a closed loop at --concurrency.
+    /// Transfers per second (open loop; a fee chain counts 3, a payout --salary-batch); 0 runs
+    /// a closed loop at --concurrency.
     #[arg(long, default_value_t = 16_000)]
     pub rate: u64,
     /// Seconds of load (after set-up).
@@ -77,6 +78,10 @@ pub struct Args {
     /// Transfers in one salary payout.
     #[arg(long, default_value_t = 100)]
     pub salary_batch: usize,
+    /// Only attempts of one transfer (no fee chains, no salary payouts): for measuring one
+    /// transfer per request.
+    #[arg(long)]
+    pub single: bool,
     /// Skip creating the population (it exists from an earlier run with the same sizes).
     #[arg(long)]
     pub skip_setup: bool,
@@ -356,17 +361,15 @@ async fn open_loop(
         first_id(population, args.seed, 0),
         args.reject_percent,
         args.salary_batch,
+        args.single,
     )));
-    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
-    let start = Instant::now();
+    // The rate counts transfers: a request of n transfers is due n / rate after the one before.
+    let per_transfer = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let mut intended = Instant::now();
     let mut sent = 0u64;
-    let mut k = 0u32;
+    let mut k = 0usize;
     let mut tasks = tokio::task::JoinSet::new();
-    while sent < attempts_max {
-        let intended = start + interval * k;
-        if intended >= deadline {
-            break;
-        }
+    while sent < attempts_max && intended < deadline {
         tokio::time::sleep_until(intended.into()).await;
         k += 1;
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
@@ -378,11 +381,13 @@ async fn open_loop(
             }
             (transfers, mix.resend(args.resend_percent))
         };
+        let this_intended = intended;
+        intended += per_transfer * u32::try_from(transfers.len()).unwrap_or(u32::MAX);
         sent += args.batch as u64;
         let (client, tally, mix) =
-            (clients[k as usize % clients.len()].clone(), Arc::clone(tally), Arc::clone(&mix));
+            (clients[k % clients.len()].clone(), Arc::clone(tally), Arc::clone(&mix));
         tasks.spawn(async move {
-            let holds = send(&client, &tally, transfers, intended, resend).await;
+            let holds = send(&client, &tally, transfers, this_intended, resend).await;
             drop(permit);
             let mut mix = mix.lock().await;
             for hold in holds {
@@ -412,6 +417,7 @@ async fn closed_loop(
             first_id(population, args.seed, worker + 1),
             args.reject_percent,
             args.salary_batch,
+            args.single,
         );
         let (client, tally) = (clients[worker % clients.len()].clone(), Arc::clone(tally));
         let (sent, stop, batch, resend_percent) =
@@ -557,7 +563,7 @@ async fn verify(
 fn print_table(r: &Report) {
     println!();
     println!(
-        "mode            {} (target {} attempts/s, batch {}, concurrency {})",
+        "mode            {} (target {} transfers/s, batch {}, concurrency {})",
         r.mode, r.target_rate, r.batch, r.concurrency
     );
     println!("duration        {:.1} s", r.seconds);

@@ -148,6 +148,8 @@ pub struct Mix {
     next_id: u128,
     reject_percent: u32,
     salary_batch: usize,
+    /// Only attempts of one transfer: no fee chains, no salary payouts.
+    single: bool,
     /// Holds placed and not yet finished: (hold, post rather than void).
     open_holds: Vec<(NewTransfer, bool)>,
 }
@@ -159,6 +161,7 @@ impl Mix {
         first_id: u128,
         reject_percent: u32,
         salary_batch: usize,
+        single: bool,
     ) -> Mix {
         Mix {
             population,
@@ -166,6 +169,7 @@ impl Mix {
             next_id: first_id,
             reject_percent,
             salary_batch,
+            single,
             open_holds: Vec::new(),
         }
     }
@@ -211,9 +215,17 @@ impl Mix {
     /// The next attempt of the mix: send money with its fee (40%), buy goods (20%), pay bill
     /// (12%), cash-in (8%), cash-out as a hold later posted or voided (8%, and the post or void
     /// when one is open), a salary payout of `salary_batch` transfers (2%), and the rest sends
-    /// between wallets without a fee.
+    /// between wallets without a fee. With `single`, the fee chains and payouts are left out
+    /// and every attempt is one transfer.
     pub fn attempt(&mut self) -> Attempt {
-        let roll = self.rng.random_range(0..100);
+        let roll = if self.single {
+            match self.rng.random_range(0..58) {
+                r if r < 48 => 40 + r,
+                r => 42 + r,
+            }
+        } else {
+            self.rng.random_range(0..100)
+        };
         match roll {
             0..40 => {
                 let (from, to) = (self.payer(), self.payee());
