@@ -95,6 +95,8 @@ pub enum NodeError {
     Overloaded { queued: usize, max: usize },
     /// The ledger is full of accounts (`RESOURCE_EXHAUSTED`).
     AccountsFull { accounts: usize, max: usize },
+    /// The request has more commands than one entry holds (`INVALID_ARGUMENT`).
+    TooLarge { commands: usize, max: usize },
     /// The node is stopping or has stopped (`UNAVAILABLE`).
     Stopped,
     /// Storage failed while reading (`INTERNAL`).
@@ -110,6 +112,10 @@ impl std::fmt::Display for NodeError {
             NodeError::AccountsFull { accounts, max } => {
                 write!(f, "the ledger holds {accounts} accounts, at most {max}")
             }
+            NodeError::TooLarge { commands, max } => write!(
+                f,
+                "{commands} items exceed the node's batch size of {max} (--batch-max) per request"
+            ),
             NodeError::Stopped => write!(f, "the node is stopping"),
             NodeError::Storage(e) => write!(f, "storage: {e}"),
         }
@@ -189,6 +195,7 @@ pub struct Node {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     accounts_max: usize,
+    batch_max: usize,
 }
 
 /// A node that could not start.
@@ -321,6 +328,7 @@ impl Node {
             shared,
             threads: Mutex::new(threads),
             accounts_max,
+            batch_max: config.ledger.batch_commands_max,
         })
     }
 
@@ -347,6 +355,10 @@ impl Node {
     /// is synced. The commands of one call stay together and in order in one entry.
     pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<ResultCode>, NodeError> {
         let n = commands.len();
+        if n > self.batch_max {
+            // A request is never split across entries, so it must fit in one.
+            return Err(NodeError::TooLarge { commands: n, max: self.batch_max });
+        }
         let (reply, rx) = oneshot::channel();
         self.send(Request::Commands { commands, reply }, n.max(1))?;
         rx.await.map_err(|_| NodeError::Stopped)?

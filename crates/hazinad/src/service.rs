@@ -52,6 +52,7 @@ fn node_error(e: NodeError) -> Status {
         NodeError::Overloaded { .. } | NodeError::AccountsFull { .. } => {
             Status::resource_exhausted(e.to_string())
         }
+        NodeError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
         NodeError::Stopped => Status::unavailable(e.to_string()),
         NodeError::Storage(_) => Status::internal(e.to_string()),
     }

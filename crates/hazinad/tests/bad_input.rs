@@ -172,4 +172,17 @@ async fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
     let accounts = client.lookup_accounts(&[ALICE, BOB]).await.unwrap();
     assert_eq!(accounts[0].balance(), 750_00);
     assert_eq!(accounts[1].balance(), 250_00);
+
+    // A node with smaller entries refuses, with the reason, a request that cannot fit in one.
+    let small = Server::start(&dir.path().join("small"), &["--batch-max", "100"]);
+    let small_client =
+        Client::connect_with(&small.addr, RetryPolicy { attempts: 1, ..RetryPolicy::default() })
+            .await
+            .expect("connect");
+    let hundred_one: Vec<NewTransfer> = (0..101).map(|i| send(50_000 + i, ALICE, BOB, 1)).collect();
+    let (status, message) = code(small_client.create_transfers(&hundred_one).await.unwrap_err());
+    assert_eq!(status, Code::InvalidArgument);
+    assert!(message.contains("--batch-max"), "{message}");
+    let results = small_client.create_transfers(&hundred_one[..100]).await.unwrap();
+    assert_eq!(results, [ResultCode::DebitAccountNotFound; 100]);
 }
