@@ -240,30 +240,43 @@ async fn setup(clients: &[Client], population: &Population, seed: u64) -> Result
     check_setup(&results, "limit profile")?;
     let accounts = population.accounts();
     eprintln!("set-up: creating {} accounts", accounts.len());
-    let mut calls = tokio::task::JoinSet::new();
-    for (k, chunk) in accounts.chunks(8_000).enumerate() {
-        let (client, chunk) = (clients[k % clients.len()].clone(), chunk.to_vec());
-        calls.spawn(async move { client.create_accounts(&chunk).await });
-        if calls.len() >= 2 * clients.len() {
-            check_setup(&calls.join_next().await.expect("a call").expect("joined")?, "accounts")?;
-        }
-    }
-    while let Some(done) = calls.join_next().await {
-        check_setup(&done.expect("joined")?, "accounts")?;
-    }
+    in_batches(clients, &accounts, "accounts", |client, chunk| async move {
+        client.create_accounts(&chunk).await
+    })
+    .await?;
     let funding = population.funding(&mut ChaCha8Rng::seed_from_u64(seed));
     eprintln!("set-up: funding {} accounts", funding.len());
-    for (k, chunk) in funding.chunks(8_000).enumerate() {
-        let (client, chunk) = (clients[k % clients.len()].clone(), chunk.to_vec());
-        calls.spawn(async move { client.create_transfers(&chunk).await });
+    in_batches(clients, &funding, "funding", |client, chunk| async move {
+        client.create_transfers(&chunk).await
+    })
+    .await?;
+    eprintln!("set-up: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Sends `items` in requests of 8,000 over the clients, two requests in flight per connection,
+/// and checks every result is applied.
+async fn in_batches<T, F, Fut>(
+    clients: &[Client],
+    items: &[T],
+    what: &'static str,
+    call: F,
+) -> Result<(), ClientError>
+where
+    T: Clone + Send + 'static,
+    F: Fn(Client, Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<ResultCode>, ClientError>> + Send + 'static,
+{
+    let mut calls = tokio::task::JoinSet::new();
+    for (k, chunk) in items.chunks(8_000).enumerate() {
+        calls.spawn(call(clients[k % clients.len()].clone(), chunk.to_vec()));
         if calls.len() >= 2 * clients.len() {
-            check_setup(&calls.join_next().await.expect("a call").expect("joined")?, "funding")?;
+            check_setup(&calls.join_next().await.expect("a call").expect("joined")?, what)?;
         }
     }
     while let Some(done) = calls.join_next().await {
-        check_setup(&done.expect("joined")?, "funding")?;
+        check_setup(&done.expect("joined")?, what)?;
     }
-    eprintln!("set-up: done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

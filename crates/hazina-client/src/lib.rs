@@ -39,8 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hazina_core::{
-    Account, AccountStatus, LimitProfile, LimitProfileId, NewAccount, NewTransfer, ResultCode,
-    Timestamp, Transfer, TransferFlags,
+    Account, AccountStatus, HistoryEntry, HistoryPage, LimitProfile, LimitProfileId, NewAccount,
+    NewTransfer, ResultCode, Timestamp, Transfer, TransferFlags,
 };
 use hazina_proto::v1::ledger_client::LedgerClient;
 use hazina_proto::v1::{self as pb};
@@ -107,25 +107,6 @@ fn retryable(code: Code) -> bool {
         code,
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Unknown
     )
-}
-
-/// A statement page (see `GetAccountHistory`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryPage {
-    pub opening_balance: i128,
-    pub entries: Vec<HistoryEntry>,
-    pub next_from: Option<Timestamp>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub transfer_id: u128,
-    pub timestamp: Timestamp,
-    pub amount: u128,
-    pub credit: bool,
-    pub balance_after: i128,
-    pub tx_type: u16,
-    pub counterparty_id: u128,
 }
 
 /// A connection to one Hazina node. Cheap to clone; clones share the connection.

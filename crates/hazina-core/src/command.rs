@@ -258,3 +258,27 @@ impl Writer<'_> {
         self.bytes(&[v]);
     }
 }
+
+/// One line of an account's statement: a posted movement of money. The ledger does not keep
+/// statements; a storage host does (`hazina-store`), and clients read them back in this form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub transfer_id: u128,
+    pub timestamp: Timestamp,
+    pub amount: u128,
+    /// Money in (the account was credited).
+    pub credit: bool,
+    pub balance_after: i128,
+    pub tx_type: u16,
+    pub counterparty_id: u128,
+}
+
+/// A page of a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The posted balance just before the page's first timestamp.
+    pub opening_balance: i128,
+    pub entries: Vec<HistoryEntry>,
+    /// Where the next page starts, if there is one.
+    pub next_from: Option<Timestamp>,
+}

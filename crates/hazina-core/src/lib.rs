@@ -44,7 +44,7 @@ mod result;
 mod shard;
 mod types;
 
-pub use command::{Account, Command, NewAccount, NewTransfer, Transfer};
+pub use command::{Account, Command, HistoryEntry, HistoryPage, NewAccount, NewTransfer, Transfer};
 pub use ledger::{ApplyError, ConfigError, Ledger, LedgerConfig, PARTITIONS_MAX, RestoreError};
 pub use result::ResultCode;
 pub use types::{

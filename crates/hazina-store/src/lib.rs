@@ -29,7 +29,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use hazina_core::codec::{self, CodecError, Entry};
-use hazina_core::{Account, LimitProfile, LimitProfileId, ResultCode, Timestamp, Transfer};
+use hazina_core::{
+    Account, HistoryEntry, HistoryPage, LimitProfile, LimitProfileId, ResultCode, Timestamp,
+    Transfer,
+};
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, FlushOptions, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions,
@@ -95,29 +98,6 @@ pub struct Changes {
     pub transfers: Vec<Transfer>,
     /// Set when the entry changed a limit profile: every profile, as they now stand.
     pub profiles: Option<BTreeMap<LimitProfileId, LimitProfile>>,
-}
-
-/// One line of an account's statement: a posted movement of money.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub transfer_id: u128,
-    pub timestamp: Timestamp,
-    pub amount: u128,
-    /// Money in (the account was credited).
-    pub credit: bool,
-    pub balance_after: i128,
-    pub tx_type: u16,
-    pub counterparty_id: u128,
-}
-
-/// A page of a statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryPage {
-    /// The posted balance just before the page's first timestamp.
-    pub opening_balance: i128,
-    pub entries: Vec<HistoryEntry>,
-    /// Where the next page starts, if there is one.
-    pub next_from: Option<Timestamp>,
 }
 
 /// Everything needed to rebuild the ledger as of [`Applied::index`].

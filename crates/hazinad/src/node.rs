@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hazina_core::codec::{self, Entry};
-use hazina_core::{Account, Command, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer};
-use hazina_store::{Applied, Changes, HistoryPage, Store, StoreError, StoreOptions};
+use hazina_core::{
+    Account, Command, HistoryPage, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer,
+};
+use hazina_store::{Applied, Changes, Store, StoreError, StoreOptions};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
