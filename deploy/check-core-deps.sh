@@ -10,3 +10,12 @@ if bad=$(grep -E "$forbidden" <<<"$tree"); then
   exit 1
 fi
 echo "hazina-core dependencies: $(tr '\n' ' ' <<<"$tree")"
+
+# Architecture invariant: RocksDB is named by hazina-store only (its C++ takes most of a build;
+# every other crate reaches storage through hazina-store's API).
+direct=$(grep -l -E '^\s*rocksdb\s*(=|\.workspace)' crates/*/Cargo.toml benches/Cargo.toml loadtest/Cargo.toml || true)
+if [ "$direct" != "crates/hazina-store/Cargo.toml" ]; then
+  echo "only crates/hazina-store may depend on rocksdb directly; found: ${direct:-none}" >&2
+  exit 1
+fi
+echo "rocksdb is a direct dependency of: $direct"
