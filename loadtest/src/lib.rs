@@ -359,6 +359,19 @@ async fn send(
     holds
 }
 
+/// The traffic of one worker (0 is the open loop's single dispatcher): its own random stream,
+/// from the seed, and its own id range.
+fn mix_for(args: &Args, population: &Population, worker: usize) -> Mix {
+    Mix::new(
+        population.clone(),
+        ChaCha8Rng::seed_from_u64(args.seed ^ ((worker as u64) << 32)),
+        first_id(population, args.seed, worker),
+        args.reject_percent,
+        args.salary_batch,
+        args.single,
+    )
+}
+
 async fn open_loop(
     args: &Args,
     clients: &[Client],
@@ -368,14 +381,7 @@ async fn open_loop(
     attempts_max: u64,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
-    let mix = Arc::new(tokio::sync::Mutex::new(Mix::new(
-        population.clone(),
-        ChaCha8Rng::seed_from_u64(args.seed),
-        first_id(population, args.seed, 0),
-        args.reject_percent,
-        args.salary_batch,
-        args.single,
-    )));
+    let mix = Arc::new(tokio::sync::Mutex::new(mix_for(args, population, 0)));
     // The rate counts transfers: a request of n transfers is due n / rate after the one before.
     let per_transfer = Duration::from_secs_f64(1.0 / args.rate as f64);
     let mut intended = Instant::now();
@@ -424,14 +430,7 @@ async fn closed_loop(
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = tokio::task::JoinSet::new();
     for worker in 0..args.concurrency {
-        let mut mix = Mix::new(
-            population.clone(),
-            ChaCha8Rng::seed_from_u64(args.seed ^ ((worker as u64 + 1) << 32)),
-            first_id(population, args.seed, worker + 1),
-            args.reject_percent,
-            args.salary_batch,
-            args.single,
-        );
+        let mut mix = mix_for(args, population, worker + 1);
         let (client, tally) = (clients[worker % clients.len()].clone(), Arc::clone(tally));
         let (sent, stop, batch, resend_percent) =
             (Arc::clone(&sent), Arc::clone(&stop), args.batch, args.resend_percent);

@@ -196,7 +196,6 @@ pub struct Node {
     store: Arc<Store>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    accounts_max: usize,
     batch_max: usize,
 }
 
@@ -295,7 +294,6 @@ impl Node {
         // Two entries in flight: one syncing, one ready. More would only add latency.
         let (durable_tx, durable_rx) = crossbeam_channel::bounded(2);
         let (checkpoint_tx, checkpoint_rx) = crossbeam_channel::bounded(1);
-        let accounts_max = config.ledger.accounts_max;
         let mut threads = Vec::new();
         let sequencer = Sequencer {
             ledger,
@@ -329,7 +327,6 @@ impl Node {
             store,
             shared,
             threads: Mutex::new(threads),
-            accounts_max,
             batch_max: config.ledger.batch_commands_max,
         })
     }
@@ -398,10 +395,6 @@ impl Node {
 
     pub fn commit_index(&self) -> u64 {
         self.shared.commit_index.load(Ordering::Relaxed)
-    }
-
-    pub fn accounts_max(&self) -> usize {
-        self.accounts_max
     }
 
     /// Stops taking requests, answers everything already queued, writes a checkpoint and
