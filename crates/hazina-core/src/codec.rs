@@ -84,6 +84,29 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     Ok(Entry { index, term, timestamp, commands })
 }
 
+/// The fixed part of an encoded entry, read without decoding its commands: what a leader needs
+/// to stamp the next entry after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub index: u64,
+    pub term: u64,
+    pub timestamp: Timestamp,
+    pub commands: u32,
+}
+
+impl EntryHeader {
+    /// The earliest timestamp the next entry may carry: each command of this one took a stamp.
+    pub fn next_timestamp(&self) -> Timestamp {
+        self.timestamp.saturating_add(u64::from(self.commands))
+    }
+}
+
+pub fn decode_entry_header(bytes: &[u8]) -> Result<EntryHeader, CodecError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    Ok(EntryHeader { index: r.u64()?, term: r.u64()?, timestamp: r.u64()?, commands: r.u32()? })
+}
+
 fn encode_command(command: &Command, out: &mut Vec<u8>) {
     match command {
         Command::CreateAccount(a) => {
@@ -393,6 +416,14 @@ mod tests {
         let mut bytes = Vec::new();
         encode_entry(&entry, &mut bytes);
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        let header = decode_entry_header(&bytes).unwrap();
+        let commands = u32::try_from(entry.commands.len()).unwrap();
+        assert_eq!(
+            header,
+            EntryHeader { index: 17, term: 3, timestamp: entry.timestamp, commands }
+        );
+        assert_eq!(header.next_timestamp(), entry.timestamp + u64::from(commands));
+        assert!(decode_entry_header(&bytes[..20]).is_err());
         for cut in 0..bytes.len() {
             assert!(decode_entry(&bytes[..cut]).is_err(), "a prefix of {cut} bytes decoded");
         }

@@ -1,0 +1,390 @@
+//! One site's replica: a raft node (raft-rs `RawNode`) whose state machine is the ledger core.
+//!
+//! The host owns every effect: it calls [`Replica::tick`] on its clock, hands in messages from
+//! peers ([`Replica::step`]), proposes batches on the leader ([`Replica::propose`]) and, after
+//! each of those, runs [`Replica::handle_ready`], which writes the log, applies committed
+//! entries to the ledger and returns the messages to send and what was applied. Nothing here
+//! reads a clock, draws a random number or touches a socket, so a simulation can drive three
+//! replicas deterministically.
+
+use hazina_core::codec::{self, CodecError};
+use hazina_core::{ApplyError, Command, Ledger, LedgerConfig, ResultCode, Timestamp};
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+
+use crate::log::{LogStore, WriteError};
+
+/// How one replica takes part in the group.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This replica's raft id, non-zero and unique in the group.
+    pub id: u64,
+    /// Every voter's id, this one's included.
+    pub voters: Vec<u64>,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_ticks: usize,
+    /// A follower that hears no leader for this many ticks campaigns. raft-rs would draw it at
+    /// random between `election_ticks` and twice that from a thread-local generator; here the
+    /// host chooses it (different on each replica, so elections rarely split), which keeps a
+    /// replica's behaviour a function of its inputs. At least `election_ticks`.
+    pub election_timeout_ticks: usize,
+    /// The lease: a leader that heard from no quorum for this many ticks steps down, and a
+    /// follower that heard from a leader this recently refuses to vote for another.
+    pub election_ticks: usize,
+    /// Whether a replica asks the others whether it could win before it campaigns (pre-vote),
+    /// so that a replica cut off and rejoining does not depose a working leader.
+    pub pre_vote: bool,
+    /// The most bytes of entries in one append message.
+    pub append_bytes_max: u64,
+    /// Append messages in flight to one follower.
+    pub inflight_appends_max: usize,
+    pub ledger: LedgerConfig,
+}
+
+impl ReplicaConfig {
+    /// Defaults for a group of `voters`, with this replica's own election timeout.
+    pub fn new(id: u64, voters: Vec<u64>, election_timeout_ticks: usize) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            voters,
+            heartbeat_ticks: 2,
+            election_timeout_ticks,
+            election_ticks: 10,
+            pre_vote: true,
+            append_bytes_max: 1 << 20,
+            inflight_appends_max: 256,
+            ledger: LedgerConfig::default(),
+        }
+    }
+}
+
+/// Why a proposal was not taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader takes writes. `leader` is the replica this one believes leads, if any.
+    NotLeader { leader: Option<u64> },
+    /// The leader cannot take writes now (a switchover is moving leadership away).
+    Busy(String),
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(id) } => write!(f, "not the leader; {id} is"),
+            ProposeError::NotLeader { leader: None } => write!(f, "not the leader; none known"),
+            ProposeError::Busy(why) => write!(f, "leader busy: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// A batch the leader put in its log. It is acknowledged when an [`Applied`] with the same
+/// index and term and `acknowledged` set comes back; an entry of another term at that index
+/// means the proposal was lost, and the caller resends (transfer ids make that safe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    pub index: u64,
+    pub term: u64,
+    pub timestamp: Timestamp,
+}
+
+/// A committed entry this replica applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub term: u64,
+    /// Set on the leader that proposed the entry, in the term it proposed it: the entry is
+    /// durable on a quorum (this replica and at least one other) and applied, so its results
+    /// may be returned to the caller. Never set anywhere else.
+    pub acknowledged: bool,
+    /// One result per command (empty for the no-op entry a new leader commits).
+    pub results: Vec<ResultCode>,
+    /// The ledger's state digest after this entry.
+    pub digest: u128,
+}
+
+/// What one [`Replica::handle_ready`] produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to deliver to other replicas (`to` names the receiver).
+    pub messages: Vec<Message>,
+    pub applied: Vec<Applied>,
+}
+
+/// A replica that must stop: its log or its state machine cannot go on.
+#[derive(Debug)]
+pub enum ReplicaError {
+    Raft(raft::Error),
+    Write(WriteError),
+    Codec {
+        index: u64,
+        error: CodecError,
+    },
+    /// An entry whose payload names another position than the one it holds in the log.
+    Misplaced {
+        index: u64,
+        term: u64,
+        payload_index: u64,
+        payload_term: u64,
+    },
+    Apply {
+        index: u64,
+        error: ApplyError,
+    },
+    Unsupported(String),
+}
+
+impl std::fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaError::Raft(e) => write!(f, "raft: {e}"),
+            ReplicaError::Write(e) => write!(f, "{e}"),
+            ReplicaError::Codec { index, error } => write!(f, "entry {index}: {error}"),
+            ReplicaError::Misplaced { index, term, payload_index, payload_term } => write!(
+                f,
+                "entry {index} (term {term}) carries a payload for entry {payload_index} \
+                 (term {payload_term})"
+            ),
+            ReplicaError::Apply { index, error } => write!(f, "entry {index}: {error:?}"),
+            ReplicaError::Unsupported(what) => write!(f, "unsupported: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplicaError {}
+
+impl From<WriteError> for ReplicaError {
+    fn from(e: WriteError) -> ReplicaError {
+        ReplicaError::Write(e)
+    }
+}
+
+impl From<raft::Error> for ReplicaError {
+    fn from(e: raft::Error) -> ReplicaError {
+        ReplicaError::Raft(e)
+    }
+}
+
+/// Where a replica stands, for operators (`hazina admin status`) and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub id: u64,
+    pub role: StateRole,
+    pub term: u64,
+    /// The leader this replica knows of, if any.
+    pub leader: Option<u64>,
+    /// Last entry in the log (written, not necessarily committed).
+    pub last_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// One site's replica. See the module documentation for how a host drives it.
+pub struct Replica<S: LogStore> {
+    node: RawNode<S>,
+    ledger: Ledger,
+    results: Vec<ResultCode>,
+    applied: u64,
+    /// The earliest stamp the next proposal may take, with the (last index, last term) of the
+    /// log it was computed from.
+    stamp_floor: Option<(u64, u64, Timestamp)>,
+}
+
+impl<S: LogStore> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("status", &self.status()).finish_non_exhaustive()
+    }
+}
+
+impl<S: LogStore> Replica<S> {
+    /// Starts a replica on `log`. The ledger starts empty and every committed entry of the log
+    /// is applied again as raft hands it over (a checkpoint to start from comes with the RocksDB
+    /// log).
+    pub fn new(config: &ReplicaConfig, log: S) -> Result<Replica<S>, ReplicaError> {
+        if config.election_timeout_ticks < config.election_ticks {
+            return Err(ReplicaError::Unsupported(format!(
+                "election timeout of {} ticks is below the lease of {} ticks",
+                config.election_timeout_ticks, config.election_ticks
+            )));
+        }
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            // A range of one value: raft-rs draws from it with a thread-local generator.
+            min_election_tick: config.election_timeout_ticks,
+            max_election_tick: config.election_timeout_ticks + 1,
+            pre_vote: config.pre_vote,
+            check_quorum: true,
+            max_size_per_msg: config.append_bytes_max,
+            max_inflight_msgs: config.inflight_appends_max,
+            applied: 0,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&raft_config, log, &logger)?;
+        let ledger = Ledger::new(config.ledger.clone())
+            .map_err(|e| ReplicaError::Unsupported(format!("ledger configuration: {e:?}")))?;
+        Ok(Replica { node, ledger, results: Vec::new(), applied: 0, stamp_floor: None })
+    }
+
+    /// Advances raft's clock by one tick.
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Hands in a message from another replica. Messages from unknown peers and stale ones are
+    /// dropped by raft; the error says why, and the host may ignore it.
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.node.step(message)
+    }
+
+    /// Puts a batch in the leader's log, stamped at `now` (the host's clock) or just after the
+    /// last entry in the log, whichever is later, so that stamps increase across leaders whose
+    /// clocks disagree.
+    pub fn propose(
+        &mut self,
+        now: Timestamp,
+        commands: Vec<Command>,
+    ) -> Result<Proposal, ProposeError> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            let leader = Some(raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+            return Err(ProposeError::NotLeader { leader });
+        }
+        if raft.lead_transferee.is_some() {
+            return Err(ProposeError::Busy("leadership is being transferred".into()));
+        }
+        let floor = self.stamp_floor().map_err(|e| ProposeError::Busy(e.to_string()))?;
+        let timestamp = now.max(floor);
+        let index = self.node.raft.raft_log.last_index() + 1;
+        let term = self.node.raft.term;
+        let entry = codec::Entry { index, term, timestamp, commands };
+        let mut data = Vec::new();
+        codec::encode_entry(&entry, &mut data);
+        self.node.propose(Vec::new(), data).map_err(|e| ProposeError::Busy(e.to_string()))?;
+        debug_assert_eq!(self.node.raft.raft_log.last_index(), index);
+        let next = timestamp.saturating_add(entry.commands.len() as u64);
+        self.stamp_floor = Some((index, term, next));
+        Ok(Proposal { index, term, timestamp })
+    }
+
+    /// Asks the leader to hand leadership to `to` once `to` has the whole log (a switchover).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
+    /// Writes what raft asks to be written, applies what it committed, and returns the messages
+    /// to send and the entries applied. Call it after every tick, step and proposal. On an error
+    /// the replica must be dropped (fail-stop) and restarted from its log.
+    pub fn handle_ready(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        while self.node.has_ready() {
+            let mut ready = self.node.ready();
+            // A leader may send before its own write (raft thesis 10.2.1): its entries commit
+            // only once a quorum, counting itself only after the write below, has them.
+            out.messages.extend(ready.take_messages());
+            if !ready.snapshot().is_empty() {
+                return Err(ReplicaError::Unsupported("installing a snapshot".into()));
+            }
+            self.apply(ready.take_committed_entries(), out)?;
+            self.node.mut_store().write(ready.entries(), ready.hs())?;
+            // Votes and append acknowledgements promise what was just written.
+            out.messages.extend(ready.take_persisted_messages());
+            let mut light = self.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.node.mut_store().set_commit(commit)?;
+            }
+            out.messages.extend(light.take_messages());
+            self.apply(light.take_committed_entries(), out)?;
+            self.node.advance_apply();
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                return Err(ReplicaError::Unsupported("membership changes".into()));
+            }
+            let (index, term) = (entry.index, entry.term);
+            let acknowledged =
+                self.node.raft.state == StateRole::Leader && self.node.raft.term == term;
+            self.results.clear();
+            if !entry.data.is_empty() {
+                let payload = codec::decode_entry(&entry.data)
+                    .map_err(|error| ReplicaError::Codec { index, error })?;
+                if payload.index != index || payload.term != term {
+                    return Err(ReplicaError::Misplaced {
+                        index,
+                        term,
+                        payload_index: payload.index,
+                        payload_term: payload.term,
+                    });
+                }
+                self.ledger
+                    .apply_into(payload.timestamp, &payload.commands, &mut self.results)
+                    .map_err(|error| ReplicaError::Apply { index, error })?;
+            }
+            self.applied = index;
+            out.applied.push(Applied {
+                index,
+                term,
+                acknowledged,
+                results: self.results.clone(),
+                digest: self.ledger.digest(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The earliest stamp after every entry in the log: new leaders may hold entries of earlier
+    /// terms that they have not applied yet, stamped by a clock ahead of theirs.
+    fn stamp_floor(&mut self) -> Result<Timestamp, ReplicaError> {
+        let log = &self.node.raft.raft_log;
+        let (last, last_term) = (log.last_index(), log.last_term());
+        if let Some((index, term, floor)) = self.stamp_floor
+            && index == last
+            && term == last_term
+        {
+            return Ok(floor);
+        }
+        let mut floor = self.ledger.timestamp_last().saturating_add(1);
+        let mut index = last;
+        while index > self.applied {
+            let entries = log.entries(index, 1, raft::GetEntriesContext::empty(false))?;
+            let Some(entry) = entries.first() else { break };
+            if !entry.data.is_empty() {
+                let header = codec::decode_entry_header(&entry.data)
+                    .map_err(|error| ReplicaError::Codec { index, error })?;
+                floor = floor.max(header.next_timestamp());
+                break;
+            }
+            index -= 1;
+        }
+        self.stamp_floor = Some((last, last_term, floor));
+        Ok(floor)
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let raft = &self.node.raft;
+        ReplicaStatus {
+            id: raft.id,
+            role: raft.state,
+            term: raft.term,
+            leader: Some(raft.leader_id).filter(|&id| id != raft::INVALID_ID),
+            last_index: raft.raft_log.last_index(),
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn log(&self) -> &S {
+        self.node.store()
+    }
+}
