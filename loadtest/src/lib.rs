@@ -13,6 +13,7 @@
 // A command-line tool prints its report.
 #![allow(clippy::print_stdout)]
 
+pub mod plot;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -90,12 +91,20 @@ pub struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write a chart of latency (p50, p99, p99.9) and transfers/s, second by second, here (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// What the run saw, shared by the workers.
 #[derive(Debug)]
 struct Tally {
     latency: Mutex<Histogram<u64>>,
+    /// Latency since the last sample of the timeline.
+    interval: Mutex<Histogram<u64>>,
+    /// One sample a second, and where the last one left off (time, transfers, errors).
+    timeline: Mutex<Vec<Second>>,
+    sampled: Mutex<(Instant, u64, u64)>,
     results: Mutex<BTreeMap<u16, u64>>,
     /// Every acknowledged transfer and its outcome, for verification.
     acknowledged: Mutex<Vec<(u128, ResultCode)>>,
@@ -110,7 +119,10 @@ struct Tally {
 impl Tally {
     fn new() -> Tally {
         Tally {
-            latency: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
+            latency: Mutex::new(latency_histogram()),
+            interval: Mutex::new(latency_histogram()),
+            timeline: Mutex::new(Vec::new()),
+            sampled: Mutex::new((Instant::now(), 0, 0)),
             results: Mutex::new(BTreeMap::new()),
             acknowledged: Mutex::new(Vec::new()),
             transfers: AtomicU64::new(0),
@@ -120,6 +132,50 @@ impl Tally {
             resend_mismatches: AtomicU64::new(0),
         }
     }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")
+}
+
+impl Tally {
+    /// Closes the current interval of the timeline and returns its sample.
+    fn sample(&self, started: Instant) -> Second {
+        let now = Instant::now();
+        let transfers = self.transfers.load(Ordering::Relaxed);
+        let errors = self.transport_errors.load(Ordering::Relaxed);
+        let interval =
+            std::mem::replace(&mut *self.interval.lock().expect("tally"), latency_histogram());
+        let mut sampled = self.sampled.lock().expect("tally");
+        let (at, transfers_before, errors_before) = *sampled;
+        *sampled = (now, transfers, errors);
+        let seconds = (now - at).as_secs_f64().max(1e-6);
+        let quantile = |q| if interval.is_empty() { 0 } else { interval.value_at_quantile(q) };
+        let second = Second {
+            at_seconds: (now - started).as_secs_f64(),
+            transfers_per_second: (transfers - transfers_before) as f64 / seconds,
+            p50_us: quantile(0.5),
+            p99_us: quantile(0.99),
+            p999_us: quantile(0.999),
+            max_us: interval.max(),
+            transport_errors: errors - errors_before,
+        };
+        self.timeline.lock().expect("tally").push(second);
+        second
+    }
+}
+
+/// What one interval (about a second) of the run saw: answered requests' latency and the rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Second {
+    /// Seconds from the start of the load to the end of this interval.
+    pub at_seconds: f64,
+    pub transfers_per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub transport_errors: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,6 +193,8 @@ pub struct Report {
     pub transport_errors: u64,
     pub in_doubt_transfers: u64,
     pub verification: Verification,
+    /// Second by second.
+    pub timeline: Vec<Second>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -158,6 +216,9 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     if args.batch == 0 || args.batch > 8_000 || args.concurrency == 0 || args.connections == 0 {
         return Err("--batch must be 1 to 8,000; --concurrency and --connections at least 1".into());
     }
+    if let Some(path) = &args.plot {
+        plot::check_path(path)?;
+    }
     let population = Population {
         customers: args.customers.max(2),
         tills: args.tills.max(1),
@@ -178,6 +239,7 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
 
     let tally = Arc::new(Tally::new());
     let started = Instant::now();
+    *tally.sampled.lock().expect("tally") = (started, 0, 0);
     let deadline = started + Duration::from_secs(args.duration);
     let attempts_max = args.count.unwrap_or(u64::MAX);
     let progress = progress_line(Arc::clone(&tally), started);
@@ -189,6 +251,8 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.abort();
+    let _ = progress.await;
+    tally.sample(started);
     eprintln!();
 
     let metrics_after = scrape(&args.metrics).await;
@@ -224,11 +288,20 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),
         in_doubt_transfers: tally.in_doubt.load(Ordering::Relaxed),
         verification,
+        timeline: tally.timeline.lock().expect("tally").clone(),
     };
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("JSON written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "hazina-loadtest: {} loop, target {} transfers/s, batch {}",
+            report.mode, report.target_rate, report.batch
+        );
+        plot::write_svg(path, &title, &report.timeline)?;
+        println!("chart written to {}", path.display());
     }
     Ok(report)
 }
@@ -314,6 +387,7 @@ async fn send(
         }
     };
     let _ = tally.latency.lock().expect("tally").record(micros);
+    let _ = tally.interval.lock().expect("tally").record(micros);
     tally.transfers.fetch_add(transfers.len() as u64, Ordering::Relaxed);
     {
         let mut counts = tally.results.lock().expect("tally");
@@ -460,21 +534,17 @@ fn progress_line(tally: Arc<Tally>, started: Instant) -> tokio::task::JoinHandle
         indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("template"),
     );
     tokio::spawn(async move {
-        let mut last = (Instant::now(), 0u64);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let transfers = tally.transfers.load(Ordering::Relaxed);
-            let now = Instant::now();
-            let rate = (transfers - last.1) as f64 / (now - last.0).as_secs_f64();
-            last = (now, transfers);
-            let (p50, p99) = {
-                let h = tally.latency.lock().expect("tally");
-                (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
-            };
+            // The last second's figures, not the run's so far: a stall shows at once.
+            let s = tally.sample(started);
             bar.set_message(format!(
-                "{rate:>9.0} transfers/s  p50 {p50} µs  p99 {p99} µs  total {transfers}  errors {}  ({:.0} s)",
+                "{:>9.0} transfers/s  p50 {} µs  p99 {} µs  total {}  errors {}",
+                s.transfers_per_second,
+                s.p50_us,
+                s.p99_us,
+                tally.transfers.load(Ordering::Relaxed),
                 tally.transport_errors.load(Ordering::Relaxed),
-                started.elapsed().as_secs_f64()
             ));
             bar.tick();
         }

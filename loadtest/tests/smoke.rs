@@ -1,6 +1,7 @@
 //! The load generator against an in-process node: a short open-loop run and a short batched
 //! closed-loop run, each verified (money conserved, every acknowledged transfer looked up, every
-//! resend answered with its first outcome, the node's counters equal to ours).
+//! resend answered with its first outcome, the node's counters equal to ours), the first also
+//! drawn with `--plot`.
 
 use std::time::Duration;
 
@@ -72,8 +73,25 @@ async fn a_short_run_is_verified() {
         Args::parse_from(argv)
     };
 
-    let open = run(base(&["--rate", "1500", "--seed", "7"])).await.expect("open-loop run");
+    let chart = dir.path().join("open.svg");
+    let chart_arg = chart.to_str().expect("utf-8 path");
+    let open = run(base(&["--rate", "1500", "--seed", "7", "--plot", chart_arg]))
+        .await
+        .expect("open-loop run");
     assert!(open.transfers > 2_000, "{open:?}");
+    // One sample a second, the last at the end of the run; together they count every transfer.
+    assert!(open.timeline.len() >= 3, "{:?}", open.timeline);
+    let last = open.timeline.last().expect("samples");
+    assert!((last.at_seconds - open.seconds).abs() < 0.5, "{last:?} vs {} s", open.seconds);
+    let mut at = 0.0;
+    let mut counted = 0.0;
+    for s in &open.timeline {
+        counted += s.transfers_per_second * (s.at_seconds - at);
+        at = s.at_seconds;
+    }
+    assert!((counted - open.transfers as f64).abs() < 1.0, "{counted} vs {}", open.transfers);
+    let svg = std::fs::read_to_string(&chart).expect("--plot wrote the chart");
+    assert!(svg.starts_with("<svg") && svg.contains("open loop, target 1500 transfers/s"));
     assert!(open.verification.metrics_checked, "{open:?}");
     assert!(open.verification.passed, "{:?}", open.verification);
     let refused = open.results.get("InsufficientFunds").copied().unwrap_or(0);

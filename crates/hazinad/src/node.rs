@@ -41,7 +41,7 @@ pub struct NodeConfig {
     /// Commands queued and not yet in an entry beyond which requests are refused
     /// (`RESOURCE_EXHAUSTED`).
     pub queue_commands_max: usize,
-    /// Entries between checkpoints.
+    /// Commands applied between checkpoints: bounds what a restart after a crash replays.
     pub checkpoint_every: u64,
     /// Entries kept in the log behind a checkpoint.
     pub log_retain: u64,
@@ -61,7 +61,7 @@ impl NodeConfig {
             },
             batch_wait: Duration::ZERO,
             queue_commands_max: 262_144,
-            checkpoint_every: 20_000,
+            checkpoint_every: 2_000_000,
             log_retain: 1_000,
             term: 1,
             store: StoreOptions::default(),
@@ -176,6 +176,7 @@ struct Durable {
 
 struct StagedEntry {
     index: u64,
+    commands: u64,
     bytes: Vec<u8>,
     applied: Applied,
     changes: Changes,
@@ -601,7 +602,8 @@ impl Sequencer {
                 transfers_digest: self.ledger.transfers_digest(),
                 timestamp_last: self.ledger.timestamp_last(),
             };
-            entry = Some(StagedEntry { index, bytes, applied, changes });
+            let commands = entry_value.commands.len() as u64;
+            entry = Some(StagedEntry { index, commands, bytes, applied, changes });
             for (reply, range) in std::mem::take(&mut round.calls) {
                 replies.push(Reply::Commands(reply, results[range].to_vec()));
             }
@@ -729,7 +731,7 @@ impl Writer {
                 let last = indexes[indexes.len() - 1];
                 self.shared.commit_index.store(last, Ordering::Relaxed);
                 metrics::gauge!("hazina_commit_index").set(last as f64);
-                since_checkpoint += entries.len() as u64;
+                since_checkpoint += entries.iter().map(|e| e.commands).sum::<u64>();
             }
             for durable in group {
                 for reply in durable.replies {

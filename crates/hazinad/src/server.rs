@@ -52,8 +52,8 @@ pub struct Args {
     /// Transfer records kept in memory per generation (others are read from RocksDB).
     #[arg(long, default_value_t = 1_000_000)]
     pub generation_max: usize,
-    /// Log entries between checkpoints.
-    #[arg(long, default_value_t = 20_000)]
+    /// Commands applied between checkpoints: bounds the log a restart after a crash replays.
+    #[arg(long, default_value_t = 2_000_000)]
     pub checkpoint_every: u64,
     /// Log entries kept behind a checkpoint.
     #[arg(long, default_value_t = 1_000)]

@@ -257,10 +257,10 @@ async fn acknowledged_transfers_survive_kill_9() {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    // Checkpoints every few entries exercise restart from a checkpoint plus the log's tail; the
-    // log is kept whole so that the test can replay it from the start.
+    // Checkpoints every few hundred commands exercise restart from a checkpoint plus the log's
+    // tail; the log is kept whole so that the test can replay it from the start.
     let args =
-        ["--checkpoint-every", "25", "--log-retain", "1000000000", "--generation-max", "131072"];
+        ["--checkpoint-every", "500", "--log-retain", "1000000000", "--generation-max", "131072"];
     let retry_never =
         RetryPolicy { attempts: 1, timeout: Duration::from_secs(5), ..RetryPolicy::default() };
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::new()));
