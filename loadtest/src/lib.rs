@@ -102,9 +102,9 @@ struct Tally {
     latency: Mutex<Histogram<u64>>,
     /// Latency since the last sample of the timeline.
     interval: Mutex<Histogram<u64>>,
-    /// One sample a second, and where the last one left off (time, transfers, errors).
+    /// One sample a second, and where the last one left off.
     timeline: Mutex<Vec<Second>>,
-    sampled: Mutex<(Instant, u64, u64)>,
+    sampled: Mutex<Sampled>,
     results: Mutex<BTreeMap<u16, u64>>,
     /// Every acknowledged transfer and its outcome, for verification.
     acknowledged: Mutex<Vec<(u128, ResultCode)>>,
@@ -122,7 +122,7 @@ impl Tally {
             latency: Mutex::new(latency_histogram()),
             interval: Mutex::new(latency_histogram()),
             timeline: Mutex::new(Vec::new()),
-            sampled: Mutex::new((Instant::now(), 0, 0)),
+            sampled: Mutex::new(Sampled::new(Instant::now())),
             results: Mutex::new(BTreeMap::new()),
             acknowledged: Mutex::new(Vec::new()),
             transfers: AtomicU64::new(0),
@@ -138,29 +138,58 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")
 }
 
+/// Where the timeline's last sample ended, and what it covered (to fold a short last interval
+/// into it).
+#[derive(Debug)]
+struct Sampled {
+    /// End of the last sample: time, transfers and transport errors so far.
+    at: Instant,
+    transfers: u64,
+    errors: u64,
+    /// The last sample's start (time, transfers, errors) and its latency.
+    last: Option<(Instant, u64, u64, Histogram<u64>)>,
+}
+
+impl Sampled {
+    fn new(started: Instant) -> Sampled {
+        Sampled { at: started, transfers: 0, errors: 0, last: None }
+    }
+}
+
 impl Tally {
-    /// Closes the current interval of the timeline and returns its sample.
+    /// Closes the current interval of the timeline and returns its sample. An interval shorter
+    /// than half a second (the end of the run) is folded into the sample before it, so the
+    /// chart shows no rate computed over a few milliseconds.
     fn sample(&self, started: Instant) -> Second {
         let now = Instant::now();
         let transfers = self.transfers.load(Ordering::Relaxed);
         let errors = self.transport_errors.load(Ordering::Relaxed);
-        let interval =
+        let mut latency =
             std::mem::replace(&mut *self.interval.lock().expect("tally"), latency_histogram());
         let mut sampled = self.sampled.lock().expect("tally");
-        let (at, transfers_before, errors_before) = *sampled;
-        *sampled = (now, transfers, errors);
-        let seconds = (now - at).as_secs_f64().max(1e-6);
-        let quantile = |q| if interval.is_empty() { 0 } else { interval.value_at_quantile(q) };
+        let mut timeline = self.timeline.lock().expect("tally");
+        let mut from = (sampled.at, sampled.transfers, sampled.errors);
+        if now - sampled.at < Duration::from_millis(500)
+            && let Some((at, t, e, before)) = sampled.last.take()
+            && timeline.pop().is_some()
+        {
+            from = (at, t, e);
+            latency.add(&before).expect("same bounds");
+        }
+        let seconds = (now - from.0).as_secs_f64().max(1e-6);
+        let quantile = |q| if latency.is_empty() { 0 } else { latency.value_at_quantile(q) };
         let second = Second {
             at_seconds: (now - started).as_secs_f64(),
-            transfers_per_second: (transfers - transfers_before) as f64 / seconds,
+            transfers_per_second: (transfers - from.1) as f64 / seconds,
             p50_us: quantile(0.5),
             p99_us: quantile(0.99),
             p999_us: quantile(0.999),
-            max_us: interval.max(),
-            transport_errors: errors - errors_before,
+            max_us: latency.max(),
+            transport_errors: errors - from.2,
         };
-        self.timeline.lock().expect("tally").push(second);
+        *sampled =
+            Sampled { at: now, transfers, errors, last: Some((from.0, from.1, from.2, latency)) };
+        timeline.push(second);
         second
     }
 }
@@ -239,7 +268,7 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
 
     let tally = Arc::new(Tally::new());
     let started = Instant::now();
-    *tally.sampled.lock().expect("tally") = (started, 0, 0);
+    *tally.sampled.lock().expect("tally") = Sampled::new(started);
     let deadline = started + Duration::from_secs(args.duration);
     let attempts_max = args.count.unwrap_or(u64::MAX);
     let progress = progress_line(Arc::clone(&tally), started);
