@@ -151,6 +151,8 @@ impl Store {
             let mut cf = Options::default();
             cf.set_write_buffer_size(options.write_buffer_bytes);
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Off until `start_compactions`: see there.
+            cf.set_disable_auto_compactions(true);
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             if name == CF_TRANSFERS {
@@ -295,6 +297,18 @@ impl Store {
             self.db.delete_range_cf(log, 0u64.to_be_bytes(), trim_below.to_be_bytes())?;
         }
         Ok(applied)
+    }
+
+    /// Starts background compactions, which [`Store::open`] leaves off so that reading the
+    /// checkpoint and replaying the log do not share the cores with the compactions a crash
+    /// under load leaves owing (a restart with 10M accounts measured 30.7 s with them running;
+    /// docs/BENCHMARKS.md). Call it once recovery is done; without it, level-0 files pile up
+    /// and RocksDB slows, then stops, writes.
+    pub fn start_compactions(&self) -> Result<(), StoreError> {
+        for name in FAMILIES {
+            self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", "false")])?;
+        }
+        Ok(())
     }
 
     /// Reads the stored state, to rebuild the ledger. `progress` is called every million

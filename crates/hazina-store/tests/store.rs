@@ -20,8 +20,13 @@ fn config() -> LedgerConfig {
 }
 
 fn small_store(path: &std::path::Path) -> Store {
-    Store::open(path, &StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 8 << 20 })
-        .expect("open store")
+    let store = Store::open(
+        path,
+        &StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 8 << 20 },
+    )
+    .expect("open store");
+    store.start_compactions().expect("compactions start");
+    store
 }
 
 /// Applies entries as the node does: load back named records from the store, apply, append the

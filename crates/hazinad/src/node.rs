@@ -279,6 +279,7 @@ impl Node {
             }
         }
         let commit_index = last.index.max(store.last_index()?);
+        store.start_compactions()?;
         tracing::info!(
             replayed,
             commit_index,
