@@ -8,6 +8,7 @@
 
 pub mod log;
 mod replica;
+pub mod snapshot;
 
 pub use log::{LogStore, MemLog, WriteError};
 pub use raft;

@@ -33,11 +33,22 @@ pub trait LogStore: Storage {
 
     /// Records the commit index raft reached (it never decreases).
     fn set_commit(&mut self, commit: u64) -> Result<(), WriteError>;
+
+    /// Installs a snapshot received from the leader: the log before and at its index is
+    /// replaced by it (the entries after it go too: the leader sends them again).
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WriteError>;
+
+    /// Keeps `snapshot` (of this replica's own state at an applied index) and drops the entries
+    /// before `compact_to`, which must not pass the snapshot's index.
+    fn compact(&mut self, snapshot: Snapshot, compact_to: u64) -> Result<(), WriteError>;
+
+    /// The snapshot kept by the last `compact` or `install_snapshot`, if any.
+    fn kept_snapshot(&self) -> Option<Snapshot>;
 }
 
 /// An in-memory raft log. Clones share the same log, so a simulation keeps it across the crash
-/// of the replica that wrote it, as a disk would. Never compacted, so it never serves a
-/// snapshot; catching up from a checkpoint comes with the RocksDB log.
+/// of the replica that wrote it, as a disk would. Compacted behind a kept snapshot, which it
+/// serves to followers too far behind.
 #[derive(Clone, Default)]
 pub struct MemLog {
     inner: Arc<Mutex<MemLogInner>>,
@@ -47,8 +58,12 @@ pub struct MemLog {
 struct MemLogInner {
     hard_state: HardState,
     conf_state: ConfState,
-    /// Entry `i` sits at position `i - 1`.
+    /// The index and term of the entry just before `entries[0]` (0, 0 when nothing was
+    /// compacted): entry `i` sits at position `i - offset - 1`.
+    offset: u64,
+    offset_term: u64,
     entries: Vec<Entry>,
+    snapshot: Option<Snapshot>,
     /// Keep only this many entries of the next write, drop its hard state, and fail it.
     tear_next_write: Option<usize>,
 }
@@ -59,7 +74,8 @@ impl std::fmt::Debug for MemLog {
         f.debug_struct("MemLog")
             .field("term", &inner.hard_state.term)
             .field("commit", &inner.hard_state.commit)
-            .field("last_index", &inner.entries.len())
+            .field("first_index", &(inner.offset + 1))
+            .field("last_index", &inner.last_index())
             .finish()
     }
 }
@@ -79,10 +95,10 @@ impl MemLog {
         self.inner.lock().tear_next_write = Some(keep);
     }
 
-    /// A copy of the entries from `from` (1-based) to the end.
+    /// A copy of the entries still held from `from` to the end.
     pub fn entries_from(&self, from: u64) -> Vec<Entry> {
         let inner = self.inner.lock();
-        let start = usize::try_from(from.max(1) - 1).unwrap_or(usize::MAX);
+        let start = inner.position(from.max(inner.offset + 1));
         inner.entries.get(start..).map(<[Entry]>::to_vec).unwrap_or_default()
     }
 
@@ -90,14 +106,28 @@ impl MemLog {
         self.inner.lock().hard_state.clone()
     }
 
+    /// The first index still held (entries before it were compacted).
+    pub fn first_index(&self) -> u64 {
+        self.inner.lock().offset + 1
+    }
+
     pub fn last_index(&self) -> u64 {
-        self.inner.lock().entries.len() as u64
+        self.inner.lock().last_index()
     }
 }
 
 impl MemLogInner {
+    fn last_index(&self) -> u64 {
+        self.offset + self.entries.len() as u64
+    }
+
+    /// Where entry `index` (past the offset) sits in `entries`.
+    fn position(&self, index: u64) -> usize {
+        usize::try_from(index - self.offset - 1).unwrap_or(usize::MAX)
+    }
+
     fn truncate_to(&mut self, first_index: u64) {
-        let keep = usize::try_from(first_index.saturating_sub(1)).unwrap_or(usize::MAX);
+        let keep = self.position(first_index);
         self.entries.truncate(keep);
     }
 }
@@ -110,8 +140,8 @@ impl LogStore for MemLog {
     ) -> Result<(), WriteError> {
         let mut inner = self.inner.lock();
         if let Some(first) = entries.first() {
-            let last = inner.entries.len() as u64;
-            if first.index == 0 || first.index > last + 1 {
+            let last = inner.last_index();
+            if first.index <= inner.offset || first.index > last + 1 {
                 return Err(WriteError(format!(
                     "entry {} does not follow the log's last entry {last}",
                     first.index
@@ -136,6 +166,49 @@ impl LogStore for MemLog {
         inner.hard_state.commit = inner.hard_state.commit.max(commit);
         Ok(())
     }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), WriteError> {
+        let mut inner = self.inner.lock();
+        let meta = snapshot.get_metadata();
+        if meta.index <= inner.offset {
+            return Err(WriteError(format!(
+                "snapshot at {} is older than the log's start {}",
+                meta.index, inner.offset
+            )));
+        }
+        inner.entries.clear();
+        inner.offset = meta.index;
+        inner.offset_term = meta.term;
+        inner.hard_state.commit = inner.hard_state.commit.max(meta.index);
+        inner.hard_state.term = inner.hard_state.term.max(meta.term);
+        inner.conf_state = meta.get_conf_state().clone();
+        inner.snapshot = Some(snapshot.clone());
+        Ok(())
+    }
+
+    fn compact(&mut self, snapshot: Snapshot, compact_to: u64) -> Result<(), WriteError> {
+        let mut inner = self.inner.lock();
+        let index = snapshot.get_metadata().index;
+        if compact_to > index || index > inner.last_index() {
+            return Err(WriteError(format!(
+                "compacting to {compact_to} with a snapshot at {index}, log ends at {}",
+                inner.last_index()
+            )));
+        }
+        if compact_to > inner.offset + 1 {
+            let drop_through = compact_to - 1;
+            let at = inner.position(drop_through);
+            inner.offset_term = inner.entries[at].term;
+            inner.entries.drain(..=at);
+            inner.offset = drop_through;
+        }
+        inner.snapshot = Some(snapshot);
+        Ok(())
+    }
+
+    fn kept_snapshot(&self) -> Option<Snapshot> {
+        self.inner.lock().snapshot.clone()
+    }
 }
 
 impl Storage for MemLog {
@@ -152,39 +225,46 @@ impl Storage for MemLog {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let inner = self.inner.lock();
-        let last = inner.entries.len() as u64;
-        if low == 0 {
+        if low <= inner.offset {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > last + 1 || low > high {
+        if high > inner.last_index() + 1 || low > high {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let range = usize::try_from(low - 1).unwrap_or(usize::MAX)
-            ..usize::try_from(high - 1).unwrap_or(usize::MAX);
-        let mut out = inner.entries[range].to_vec();
+        let mut out = inner.entries[inner.position(low)..inner.position(high)].to_vec();
         raft::util::limit_size(&mut out, max_size.into());
         Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
         let inner = self.inner.lock();
-        if idx == 0 {
-            return Ok(0);
+        if idx == inner.offset {
+            return Ok(inner.offset_term);
         }
-        let at = usize::try_from(idx - 1).unwrap_or(usize::MAX);
-        inner.entries.get(at).map(|e| e.term).ok_or(raft::Error::Store(StorageError::Unavailable))
+        if idx < inner.offset {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        inner
+            .entries
+            .get(inner.position(idx))
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.inner.lock().offset + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.inner.lock().entries.len() as u64)
+        Ok(self.inner.lock().last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Never compacted, so raft never needs one; asking again later is raft's answer to this.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The kept one, as long as it is recent enough; otherwise raft asks again later, after
+        // the next compaction.
+        match &self.inner.lock().snapshot {
+            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            _ => Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+        }
     }
 }

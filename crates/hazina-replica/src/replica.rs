@@ -9,10 +9,11 @@
 
 use hazina_core::codec::{self, CodecError};
 use hazina_core::{ApplyError, Command, Ledger, LedgerConfig, ResultCode, Timestamp};
-use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::log::{LogStore, WriteError};
+use crate::snapshot;
 
 /// How one replica takes part in the group.
 #[derive(Clone, Debug)]
@@ -38,6 +39,11 @@ pub struct ReplicaConfig {
     pub append_bytes_max: u64,
     /// Append messages in flight to one follower.
     pub inflight_appends_max: usize,
+    /// Entries applied between snapshots of the ledger; 0 never takes one (the log grows).
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for followers a little behind; those further
+    /// behind get the snapshot.
+    pub log_keep: u64,
     pub ledger: LedgerConfig,
 }
 
@@ -53,6 +59,8 @@ impl ReplicaConfig {
             pre_vote: true,
             append_bytes_max: 1 << 20,
             inflight_appends_max: 256,
+            snapshot_every: 0,
+            log_keep: 1_000,
             ledger: LedgerConfig::default(),
         }
     }
@@ -94,6 +102,8 @@ pub struct Proposal {
 pub struct Applied {
     pub index: u64,
     pub term: u64,
+    /// The entry's payload (empty for a new leader's no-op).
+    pub data: bytes::Bytes,
     /// Set on the leader that proposed the entry, in the term it proposed it: the entry is
     /// durable on a quorum (this replica and at least one other) and applied, so its results
     /// may be returned to the caller. Never set anywhere else.
@@ -110,6 +120,9 @@ pub struct Output {
     /// Messages to deliver to other replicas (`to` names the receiver).
     pub messages: Vec<Message>,
     pub applied: Vec<Applied>,
+    /// A snapshot from the leader replaced this replica's state: its index and the digest of
+    /// the ledger it held.
+    pub installed_snapshot: Option<(u64, u128)>,
 }
 
 /// A replica that must stop: its log or its state machine cannot go on.
@@ -189,6 +202,10 @@ pub struct Replica<S: LogStore> {
     /// The earliest stamp the next proposal may take, with the (last index, last term) of the
     /// log it was computed from.
     stamp_floor: Option<(u64, u64, Timestamp)>,
+    snapshot_every: u64,
+    log_keep: u64,
+    /// The index of the snapshot the log keeps (0 if none).
+    snapshot_index: u64,
 }
 
 impl<S: LogStore> std::fmt::Debug for Replica<S> {
@@ -219,15 +236,37 @@ impl<S: LogStore> Replica<S> {
             check_quorum: true,
             max_size_per_msg: config.append_bytes_max,
             max_inflight_msgs: config.inflight_appends_max,
-            applied: 0,
             ..raft::Config::default()
         };
+        // Start from the snapshot the log keeps, if any; raft hands over the entries after it.
+        let (ledger, snapshot_index) = match log.kept_snapshot() {
+            Some(s) => {
+                let index = s.get_metadata().index;
+                let ledger = snapshot::decode(&s.data, config.ledger.clone())
+                    .map_err(|error| ReplicaError::Codec { index, error })?;
+                (ledger, index)
+            }
+            None => (
+                Ledger::new(config.ledger.clone()).map_err(|e| {
+                    ReplicaError::Unsupported(format!("ledger configuration: {e:?}"))
+                })?,
+                0,
+            ),
+        };
+        let raft_config = raft::Config { applied: snapshot_index, ..raft_config };
         raft_config.validate()?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let node = RawNode::new(&raft_config, log, &logger)?;
-        let ledger = Ledger::new(config.ledger.clone())
-            .map_err(|e| ReplicaError::Unsupported(format!("ledger configuration: {e:?}")))?;
-        Ok(Replica { node, ledger, results: Vec::new(), applied: 0, stamp_floor: None })
+        Ok(Replica {
+            node,
+            ledger,
+            results: Vec::new(),
+            applied: snapshot_index,
+            stamp_floor: None,
+            snapshot_every: config.snapshot_every,
+            log_keep: config.log_keep.max(1),
+            snapshot_index,
+        })
     }
 
     /// Advances raft's clock by one tick.
@@ -286,7 +325,7 @@ impl<S: LogStore> Replica<S> {
             // only once a quorum, counting itself only after the write below, has them.
             out.messages.extend(ready.take_messages());
             if !ready.snapshot().is_empty() {
-                return Err(ReplicaError::Unsupported("installing a snapshot".into()));
+                self.install(ready.snapshot(), out)?;
             }
             self.apply(ready.take_committed_entries(), out)?;
             self.node.mut_store().write(ready.entries(), ready.hs())?;
@@ -300,7 +339,52 @@ impl<S: LogStore> Replica<S> {
             self.apply(light.take_committed_entries(), out)?;
             self.node.advance_apply();
         }
+        self.maybe_compact()
+    }
+
+    /// Replaces the ledger with the leader's snapshot and the log with it.
+    fn install(&mut self, snapshot: &Snapshot, out: &mut Output) -> Result<(), ReplicaError> {
+        let index = snapshot.get_metadata().index;
+        self.ledger = snapshot::decode(&snapshot.data, self.ledger.config().clone())
+            .map_err(|error| ReplicaError::Codec { index, error })?;
+        self.node.mut_store().install_snapshot(snapshot)?;
+        self.applied = index;
+        self.snapshot_index = index;
+        self.stamp_floor = None;
+        out.installed_snapshot = Some((index, self.ledger.digest()));
         Ok(())
+    }
+
+    /// Every `snapshot_every` applied entries: keeps a snapshot of the ledger at the applied
+    /// index and drops the log before `log_keep` entries behind it.
+    fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
+        if self.snapshot_every == 0 || self.applied < self.snapshot_index + self.snapshot_every {
+            return Ok(());
+        }
+        let index = self.applied;
+        let mut snapshot = Snapshot::default();
+        snapshot.data = snapshot::encode(&self.ledger).into();
+        let conf_state = self.node.store().initial_state()?.conf_state;
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = self.node.raft.raft_log.term(index)?;
+        meta.set_conf_state(conf_state);
+        let compact_to = index.saturating_sub(self.log_keep) + 1;
+        self.node.mut_store().compact(snapshot, compact_to)?;
+        self.snapshot_index = index;
+        Ok(())
+    }
+
+    /// Tells raft how a snapshot sent to `to` fared: a lost one must be reported, or raft
+    /// waits for it forever.
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// Tells raft a message to `to` could not be sent.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
@@ -331,6 +415,7 @@ impl<S: LogStore> Replica<S> {
             out.applied.push(Applied {
                 index,
                 term,
+                data: entry.data.clone(),
                 acknowledged,
                 results: self.results.clone(),
                 digest: self.ledger.digest(),

@@ -1,0 +1,133 @@
+//! A whole ledger as bytes, for raft snapshots: what a replica sends a site whose log is too far
+//! behind, and what it keeps so that it can drop the log before it. Accounts, limit profiles,
+//! every resident transfer record, the transfers part of the digest and the last stamp, in the
+//! record encodings of `hazina_core::codec`.
+
+use std::collections::BTreeMap;
+
+use hazina_core::codec::{self, ACCOUNT_BYTES, CodecError, TRANSFER_BYTES};
+use hazina_core::{HoldState, Ledger, LedgerConfig, LimitProfile, ResultCode};
+
+const VERSION: u8 = 1;
+const PROFILE_BYTES: usize = 4 + 4 * 16;
+
+/// Encodes the ledger's whole state. Holds only when every record is resident
+/// (`transfers_generation_max` = 0), as in the simulation; `hazinad` will ship its RocksDB
+/// checkpoint instead.
+pub fn encode(ledger: &Ledger) -> Vec<u8> {
+    let accounts = ledger.accounts();
+    let profiles = ledger.limit_profiles();
+    let transfers = ledger.transfers();
+    let mut out = Vec::with_capacity(
+        64 + accounts.len() * ACCOUNT_BYTES
+            + profiles.len() * PROFILE_BYTES
+            + transfers.len() * TRANSFER_BYTES,
+    );
+    out.push(VERSION);
+    out.extend_from_slice(&ledger.transfers_digest().to_le_bytes());
+    out.extend_from_slice(&ledger.timestamp_last().to_le_bytes());
+    out.extend_from_slice(&(accounts.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(profiles.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(transfers.len() as u64).to_le_bytes());
+    for account in &accounts {
+        codec::encode_account(account, &mut out);
+    }
+    for (id, p) in &profiles {
+        out.extend_from_slice(&id.to_le_bytes());
+        for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
+            out.extend_from_slice(&limit.to_le_bytes());
+        }
+    }
+    for transfer in &transfers {
+        codec::encode_transfer(transfer, &mut out);
+    }
+    out
+}
+
+/// Rebuilds a ledger from [`encode`]'s bytes. Every length and record is checked.
+pub fn decode(bytes: &[u8], config: LedgerConfig) -> Result<Ledger, CodecError> {
+    const HEADER: usize = 1 + 16 + 8 + 3 * 8;
+    if bytes.len() < HEADER {
+        return Err(CodecError(format!("snapshot of {} bytes has no header", bytes.len())));
+    }
+    if bytes[0] != VERSION {
+        return Err(CodecError(format!("snapshot version {}", bytes[0])));
+    }
+    let u128_at = |b: &[u8]| u128::from_le_bytes(b.try_into().expect("16 bytes"));
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let transfers_digest = u128_at(&bytes[1..17]);
+    let timestamp_last = u64_at(&bytes[17..25]);
+    let count = |at: usize| usize::try_from(u64_at(&bytes[at..at + 8])).unwrap_or(usize::MAX);
+    let (accounts_n, profiles_n, transfers_n) = (count(25), count(33), count(41));
+    let rest = &bytes[HEADER..];
+    let expected = accounts_n
+        .checked_mul(ACCOUNT_BYTES)
+        .and_then(|a| profiles_n.checked_mul(PROFILE_BYTES).and_then(|p| a.checked_add(p)))
+        .and_then(|s| transfers_n.checked_mul(TRANSFER_BYTES).and_then(|t| s.checked_add(t)));
+    if expected != Some(rest.len()) {
+        return Err(CodecError(format!("snapshot holds {} bytes of records", rest.len())));
+    }
+    let (account_bytes, rest) = rest.split_at(accounts_n * ACCOUNT_BYTES);
+    let (profile_bytes, transfer_bytes) = rest.split_at(profiles_n * PROFILE_BYTES);
+    let accounts = account_bytes
+        .chunks_exact(ACCOUNT_BYTES)
+        .map(codec::decode_account)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut profiles = BTreeMap::new();
+    for p in profile_bytes.chunks_exact(PROFILE_BYTES) {
+        let id = u32::from_le_bytes(p[..4].try_into().expect("4 bytes"));
+        let limit = |k: usize| u128_at(&p[4 + 16 * k..20 + 16 * k]);
+        profiles.insert(
+            id,
+            LimitProfile {
+                per_transfer_max: limit(0),
+                daily_debit_max: limit(1),
+                balance_max: limit(2),
+                amount_min: limit(3),
+            },
+        );
+    }
+    let transfers = transfer_bytes
+        .chunks_exact(TRANSFER_BYTES)
+        .map(codec::decode_transfer)
+        .collect::<Result<Vec<_>, _>>()?;
+    let pending =
+        |t: &&hazina_core::Transfer| t.hold == HoldState::Pending && t.result == ResultCode::Ok;
+    let holds: Vec<_> = transfers.iter().filter(pending).copied().collect();
+    let mut ledger =
+        Ledger::restore(config, accounts, &profiles, holds, transfers_digest, timestamp_last)
+            .map_err(|e| CodecError(format!("snapshot does not restore: {e}")))?;
+    for transfer in transfers {
+        ledger.load_transfer(transfer);
+    }
+    Ok(ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use hazina_testkit::world::{World, WorldConfig};
+
+    use super::*;
+
+    #[test]
+    fn a_ledger_survives_its_snapshot_with_its_digest_and_behaviour() {
+        let config = LedgerConfig { partitions: 2, ..LedgerConfig::default() };
+        let mut ledger = Ledger::new(config.clone()).unwrap();
+        let mut world = World::new(11, WorldConfig::default());
+        for _ in 0..200 {
+            let (timestamp, commands) = world.next_batch();
+            ledger.apply(timestamp, &commands).unwrap();
+        }
+        let bytes = encode(&ledger);
+        let mut copy = decode(&bytes, config).unwrap();
+        assert_eq!(copy.digest(), ledger.digest());
+        for _ in 0..100 {
+            let (timestamp, commands) = world.next_batch();
+            assert_eq!(copy.apply(timestamp, &commands), ledger.apply(timestamp, &commands));
+        }
+        assert_eq!(copy.digest(), ledger.digest());
+        for cut in [0, 1, 20, bytes.len() / 2, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], LedgerConfig::default()).is_err(), "cut at {cut}");
+        }
+    }
+}
