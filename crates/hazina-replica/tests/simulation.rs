@@ -117,7 +117,12 @@ struct Sim {
     committed: BTreeMap<u64, (u64, bytes::Bytes)>,
     snapshots_installed: u64,
     faults: BTreeMap<&'static str, u64>,
+    /// The faulty part of the run: the client makes new batches.
     faulty: bool,
+    /// Faults drawn at random (crashes, cuts, drops, delays); off for the scripted tests.
+    random_faults: bool,
+    /// Every acknowledgement any site made: (site, index, term).
+    acknowledged: Vec<(u64, u64, u64)>,
     /// When to crash whichever site leads then.
     crash_leader_at: Option<u64>,
     /// The last acknowledgement, and the longest time the client went without one.
@@ -165,6 +170,8 @@ impl Sim {
             snapshots_installed: 0,
             faults: BTreeMap::new(),
             faulty: true,
+            random_faults: true,
+            acknowledged: Vec::new(),
             crash_leader_at: None,
             last_ack_at: 0,
             longest_without_ack_ms: 0,
@@ -208,7 +215,7 @@ impl Sim {
     /// One virtual millisecond.
     fn step(&mut self) {
         self.now += 1;
-        if self.faulty {
+        if self.faulty && self.random_faults {
             self.inject_faults();
         }
         if let Some(at) = self.crash_leader_at
@@ -395,6 +402,7 @@ impl Sim {
                 }
             }
             if applied.acknowledged {
+                self.acknowledged.push((id, applied.index, applied.term));
                 let by = *self.acknowledger_by_term.entry(applied.term).or_insert(id);
                 assert_eq!(
                     by, id,
@@ -432,7 +440,7 @@ impl Sim {
             self.fault("torn write");
             // The worst moment for a torn follower: soon after, the leader, the one other site
             // that may hold what the follower lost, goes down too.
-            if self.faulty && self.rng.random_bool(0.5) {
+            if self.faulty && self.random_faults && self.rng.random_bool(0.5) {
                 self.crash_leader_at = Some(self.now + self.rng.random_range(2..30));
             }
         }
@@ -454,7 +462,7 @@ impl Sim {
             self.lost(&message);
             return;
         }
-        let faulty = self.faulty;
+        let faulty = self.faulty && self.random_faults;
         if faulty && self.rng.random_bool(0.01) {
             self.lost(&message);
             return; // dropped
@@ -662,5 +670,109 @@ fn a_quiet_group_elects_one_leader_and_commits() {
         .count();
     assert_eq!(leaders, 1);
     assert_eq!(sim.acks.len(), 1);
+    check(&sim);
+}
+
+/// A group without random faults, run until it has acknowledged `acks` batches.
+fn scripted(seed: u64, acks: usize) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.random_faults = false;
+    while sim.acks.len() < acks {
+        assert!(sim.now < 10_000, "no progress in 10 s of quiet");
+        sim.step();
+    }
+    sim
+}
+
+fn settle(sim: &mut Sim) {
+    sim.faulty = false;
+    sim.heal_at = 0;
+    let until = sim.now + SETTLE_MS_MAX;
+    while !sim.settled() {
+        assert!(sim.now < until, "did not settle");
+        sim.step();
+    }
+}
+
+#[test]
+fn a_switchover_moves_the_leader_to_the_chosen_site_with_no_loss() {
+    let mut sim = scripted(11, 20);
+    let old = sim.leader().expect("a leader");
+    let target = (old + 1) % SITES.len();
+    let asked_at = sim.now;
+    sim.sites[old].replica.as_mut().expect("runs").transfer_leader(SITES[target]);
+    sim.drain(old);
+    let acks_before = sim.acks.len();
+    while sim.leader() != Some(target) || sim.acks.len() == acks_before {
+        assert!(sim.now < asked_at + 2_000, "leadership did not move to site {}", SITES[target]);
+        sim.step();
+    }
+    let moved_ms = sim.now - asked_at;
+    for _ in 0..500 {
+        sim.step();
+    }
+    assert_eq!(sim.leader(), Some(target), "the chosen site keeps leading");
+    let new_term = sim.sites[target].replica.as_ref().expect("runs").status().term;
+    assert!(
+        sim.acknowledged.iter().any(|&(site, _, term)| site == SITES[target] && term == new_term)
+    );
+    println!(
+        "switchover to site {}: writes acknowledged again after {moved_ms} virtual ms",
+        SITES[target]
+    );
+    settle(&mut sim);
+    check(&sim);
+}
+
+#[test]
+fn a_cut_off_leader_acknowledges_nothing_and_rejoins_as_a_follower() {
+    let mut sim = scripted(13, 20);
+    let old = sim.leader().expect("a leader");
+    let old_id = SITES[old];
+    let old_term = sim.sites[old].replica.as_ref().expect("runs").status().term;
+    for &other in &SITES {
+        if other != old_id {
+            sim.cut.insert((old_id, other));
+            sim.cut.insert((other, old_id));
+        }
+    }
+    sim.heal_at = sim.now + 2_000;
+    // Writes sent to the old leader while it is cut off: it takes them into its log.
+    let mut orphans = Vec::new();
+    for _ in 0..5 {
+        let (_, commands) = sim.world.next_batch();
+        let now = sim.site_clock(old);
+        let p = sim.sites[old]
+            .replica
+            .as_mut()
+            .expect("runs")
+            .propose(now, commands)
+            .expect("it still leads");
+        sim.drain(old);
+        orphans.push((p.index, p.term));
+    }
+    let acks_at_cut = sim.acks.len();
+    while sim.now < sim.heal_at {
+        sim.step();
+    }
+    assert!(sim.acks.len() > acks_at_cut + 10, "the other two sites kept taking writes");
+    let new_leader = sim.leader().expect("a leader");
+    assert_ne!(new_leader, old);
+    settle(&mut sim);
+    for &(index, term) in &orphans {
+        assert_eq!(term, old_term);
+        assert!(
+            !sim.acknowledged.contains(&(old_id, index, term)),
+            "the cut-off leader acknowledged entry {index}"
+        );
+        // Its tail was replaced by the new leader's log.
+        assert!(
+            sim.committed.get(&index).is_none_or(|(t, _)| *t != term),
+            "entry {index} of the cut-off term was committed"
+        );
+    }
+    let status = sim.sites[old].replica.as_ref().expect("runs").status();
+    assert_eq!(status.role, StateRole::Follower);
+    assert_eq!(status.leader, Some(SITES[new_leader]));
     check(&sim);
 }
