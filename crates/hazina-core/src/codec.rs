@@ -95,9 +95,10 @@ pub struct EntryHeader {
 }
 
 impl EntryHeader {
-    /// The earliest timestamp the next entry may carry: each command of this one took a stamp.
+    /// The earliest timestamp the next entry may carry: each command of this one took a stamp,
+    /// and an entry without commands still took its own.
     pub fn next_timestamp(&self) -> Timestamp {
-        self.timestamp.saturating_add(u64::from(self.commands))
+        self.timestamp.saturating_add(u64::from(self.commands.max(1)))
     }
 }
 

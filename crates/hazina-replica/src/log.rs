@@ -189,7 +189,7 @@ impl LogStore for MemLog {
     fn compact(&mut self, snapshot: Snapshot, compact_to: u64) -> Result<(), WriteError> {
         let mut inner = self.inner.lock();
         let index = snapshot.get_metadata().index;
-        if compact_to > index || index > inner.last_index() {
+        if compact_to > index || index > inner.last_index() || index < inner.offset {
             return Err(WriteError(format!(
                 "compacting to {compact_to} with a snapshot at {index}, log ends at {}",
                 inner.last_index()

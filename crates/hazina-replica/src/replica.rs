@@ -73,6 +73,8 @@ pub enum ProposeError {
     NotLeader { leader: Option<u64> },
     /// The leader cannot take writes now (a switchover is moving leadership away).
     Busy(String),
+    /// A batch no replica could apply: empty, or over the ledger's batch size.
+    Invalid(String),
 }
 
 impl std::fmt::Display for ProposeError {
@@ -81,6 +83,7 @@ impl std::fmt::Display for ProposeError {
             ProposeError::NotLeader { leader: Some(id) } => write!(f, "not the leader; {id} is"),
             ProposeError::NotLeader { leader: None } => write!(f, "not the leader; none known"),
             ProposeError::Busy(why) => write!(f, "leader busy: {why}"),
+            ProposeError::Invalid(why) => write!(f, "invalid batch: {why}"),
         }
     }
 }
@@ -108,8 +111,13 @@ pub struct Applied {
     /// durable on a quorum (this replica and at least one other) and applied, so its results
     /// may be returned to the caller. Never set anywhere else.
     pub acknowledged: bool,
-    /// One result per command (empty for the no-op entry a new leader commits).
+    /// One result per command (empty for the no-op entry a new leader commits, and for a
+    /// refused batch).
     pub results: Vec<ResultCode>,
+    /// Set when the ledger refused the whole batch (for example: it would pass `accounts_max`,
+    /// which the leader cannot know when it proposes). Every replica refuses it alike and
+    /// changes nothing, so the log goes on; the callers get this error instead of results.
+    pub refused: Option<ApplyError>,
     /// The ledger's state digest after this entry.
     pub digest: u128,
 }
@@ -141,10 +149,6 @@ pub enum ReplicaError {
         payload_index: u64,
         payload_term: u64,
     },
-    Apply {
-        index: u64,
-        error: ApplyError,
-    },
     Unsupported(String),
 }
 
@@ -159,7 +163,6 @@ impl std::fmt::Display for ReplicaError {
                 "entry {index} (term {term}) carries a payload for entry {payload_index} \
                  (term {payload_term})"
             ),
-            ReplicaError::Apply { index, error } => write!(f, "entry {index}: {error:?}"),
             ReplicaError::Unsupported(what) => write!(f, "unsupported: {what}"),
         }
     }
@@ -296,15 +299,27 @@ impl<S: LogStore> Replica<S> {
         if raft.lead_transferee.is_some() {
             return Err(ProposeError::Busy("leadership is being transferred".into()));
         }
+        let max = self.ledger.config().batch_commands_max;
+        if commands.is_empty() || commands.len() > max {
+            return Err(ProposeError::Invalid(format!(
+                "{} commands; a batch holds 1 to {max}",
+                commands.len()
+            )));
+        }
         let floor = self.stamp_floor().map_err(|e| ProposeError::Busy(e.to_string()))?;
         let timestamp = now.max(floor);
+        if timestamp.checked_add(commands.len() as u64).is_none_or(|end| end == Timestamp::MAX) {
+            return Err(ProposeError::Invalid(format!("stamp {timestamp} overflows")));
+        }
         let index = self.node.raft.raft_log.last_index() + 1;
         let term = self.node.raft.term;
         let entry = codec::Entry { index, term, timestamp, commands };
         let mut data = Vec::new();
         codec::encode_entry(&entry, &mut data);
         self.node.propose(Vec::new(), data).map_err(|e| ProposeError::Busy(e.to_string()))?;
-        debug_assert_eq!(self.node.raft.raft_log.last_index(), index);
+        // A payload naming another index would stop every replica that applies it; stop here,
+        // before the entry leaves this one.
+        assert_eq!(self.node.raft.raft_log.last_index(), index, "the proposal's index");
         let next = timestamp.saturating_add(entry.commands.len() as u64);
         self.stamp_floor = Some((index, term, next));
         Ok(Proposal { index, term, timestamp })
@@ -317,7 +332,8 @@ impl<S: LogStore> Replica<S> {
 
     /// Writes what raft asks to be written, applies what it committed, and returns the messages
     /// to send and the entries applied. Call it after every tick, step and proposal. On an error
-    /// the replica must be dropped (fail-stop) and restarted from its log.
+    /// the replica must be dropped (fail-stop) and restarted from its log; what `out` holds by
+    /// then is still true (messages may be sent, applied entries were committed).
     pub fn handle_ready(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
         while self.node.has_ready() {
             let mut ready = self.node.ready();
@@ -396,6 +412,7 @@ impl<S: LogStore> Replica<S> {
             let acknowledged =
                 self.node.raft.state == StateRole::Leader && self.node.raft.term == term;
             self.results.clear();
+            let mut refused = None;
             if !entry.data.is_empty() {
                 let payload = codec::decode_entry(&entry.data)
                     .map_err(|error| ReplicaError::Codec { index, error })?;
@@ -407,9 +424,14 @@ impl<S: LogStore> Replica<S> {
                         payload_term: payload.term,
                     });
                 }
-                self.ledger
-                    .apply_into(payload.timestamp, &payload.commands, &mut self.results)
-                    .map_err(|error| ReplicaError::Apply { index, error })?;
+                // The ledger checks a whole batch before it changes anything, so a refusal is
+                // the same on every replica and leaves the state as it was.
+                if let Err(error) =
+                    self.ledger.apply_into(payload.timestamp, &payload.commands, &mut self.results)
+                {
+                    self.results.clear();
+                    refused = Some(error);
+                }
             }
             self.applied = index;
             out.applied.push(Applied {
@@ -418,6 +440,7 @@ impl<S: LogStore> Replica<S> {
                 data: entry.data.clone(),
                 acknowledged,
                 results: self.results.clone(),
+                refused,
                 digest: self.ledger.digest(),
             });
         }
@@ -438,7 +461,8 @@ impl<S: LogStore> Replica<S> {
         let mut floor = self.ledger.timestamp_last().saturating_add(1);
         let mut index = last;
         while index > self.applied {
-            let entries = log.entries(index, 1, raft::GetEntriesContext::empty(false))?;
+            let entries =
+                log.slice(index, index + 1, None, raft::GetEntriesContext::empty(false))?;
             let Some(entry) = entries.first() else { break };
             if !entry.data.is_empty() {
                 let header = codec::decode_entry_header(&entry.data)

@@ -41,6 +41,7 @@ const TICK_MS: u64 = 10;
 /// Ledger time passes fast so runs cross Nairobi midnights and hold expiries: one virtual
 /// millisecond is a minute of ledger time.
 const LEDGER_NANOS_PER_MS: u64 = 60 * 1_000_000_000;
+const CLOCK_SKEW_MAX: i64 = 500 * LEDGER_NANOS_PER_MS as i64;
 const IN_FLIGHT_MAX: usize = 4;
 /// A batch not acknowledged within this long is sent again, with the same transfer ids.
 const RESEND_AFTER_MS: u64 = 300;
@@ -144,7 +145,10 @@ impl Sim {
                 log: MemLog::new(&SITES),
                 replica: None,
                 restart_at: 0,
-                clock_skew: rng.random_range(-30_000_000_000i64..30_000_000_000),
+                // Up to half a virtual second either way: a new leader often holds entries
+                // stamped by a clock ahead of its own, so the stamp floor is what keeps
+                // stamps increasing.
+                clock_skew: rng.random_range(-CLOCK_SKEW_MAX..CLOCK_SKEW_MAX),
                 lives: 0,
             })
             .collect();
@@ -381,6 +385,13 @@ impl Sim {
             }
         }
         for applied in &out.applied {
+            assert!(
+                applied.refused.is_none(),
+                "seed {}: site {id} refused entry {}: {:?}",
+                self.seed,
+                applied.index,
+                applied.refused
+            );
             let (term, data) = self
                 .committed
                 .entry(applied.index)
@@ -402,6 +413,24 @@ impl Sim {
                 }
             }
             if applied.acknowledged {
+                // Durable on this site and at least one other: held in their logs, or
+                // compacted behind a snapshot that covers it.
+                let holders =
+                    self.sites
+                        .iter()
+                        .filter(|s| {
+                            s.log.first_index() > applied.index
+                                || s.log.entries_from(applied.index).first().is_some_and(|e| {
+                                    e.index == applied.index && e.term == applied.term
+                                })
+                        })
+                        .count();
+                assert!(
+                    holders >= 2,
+                    "seed {}: site {id} acknowledged entry {} held by {holders} site(s)",
+                    self.seed,
+                    applied.index
+                );
                 self.acknowledged.push((id, applied.index, applied.term));
                 let by = *self.acknowledger_by_term.entry(applied.term).or_insert(id);
                 assert_eq!(
