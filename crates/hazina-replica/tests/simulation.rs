@@ -118,6 +118,10 @@ struct Sim {
     committed: BTreeMap<u64, (u64, bytes::Bytes)>,
     snapshots_installed: u64,
     faults: BTreeMap<&'static str, u64>,
+    ledger: LedgerConfig,
+    /// Whether a batch the ledger refuses is part of the script; (site, index) of each refusal.
+    refusals_expected: bool,
+    refused: Vec<(u64, u64)>,
     /// The faulty part of the run: the client makes new batches.
     faulty: bool,
     /// Faults drawn at random (crashes, cuts, drops, delays); off for the scripted tests.
@@ -137,6 +141,10 @@ fn ledger_config() -> LedgerConfig {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_ledger(seed, ledger_config())
+    }
+
+    fn with_ledger(seed: u64, ledger: LedgerConfig) -> Sim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let sites = SITES
             .iter()
@@ -173,6 +181,9 @@ impl Sim {
             committed: BTreeMap::new(),
             snapshots_installed: 0,
             faults: BTreeMap::new(),
+            ledger,
+            refusals_expected: false,
+            refused: Vec::new(),
             faulty: true,
             random_faults: true,
             acknowledged: Vec::new(),
@@ -191,7 +202,7 @@ impl Sim {
         // Each site and each life its own election timeout, from the seed.
         let timeout = 12 + ((site.id * 7 + site.lives * 3 + self.seed) % 9) as usize;
         let config = ReplicaConfig {
-            ledger: ledger_config(),
+            ledger: self.ledger.clone(),
             snapshot_every: SNAPSHOT_EVERY,
             log_keep: LOG_KEEP,
             ..ReplicaConfig::new(site.id, SITES.to_vec(), timeout)
@@ -385,8 +396,11 @@ impl Sim {
             }
         }
         for applied in &out.applied {
+            if applied.refused.is_some() && self.refusals_expected {
+                self.refused.push((id, applied.index));
+            }
             assert!(
-                applied.refused.is_none(),
+                applied.refused.is_none() || self.refusals_expected,
                 "seed {}: site {id} refused entry {}: {:?}",
                 self.seed,
                 applied.index,
@@ -612,15 +626,30 @@ fn check(sim: &Sim) {
                 .unwrap_or_else(|| panic!("seed {seed}: no site applied index {index}"))
         })
         .collect();
-    let mut ledger = Ledger::new(ledger_config()).expect("config");
+    let mut ledger = Ledger::new(sim.ledger.clone()).expect("config");
     let mut results_at: BTreeMap<u64, Vec<ResultCode>> = BTreeMap::new();
     for (k, (_, data)) in log.iter().enumerate() {
+        let index = k as u64 + 1;
         if data.is_empty() {
             continue;
         }
         let payload = codec::decode_entry(data).expect("committed entries decode");
-        let results = ledger.apply(payload.timestamp, &payload.commands).expect("replay applies");
-        results_at.insert(k as u64 + 1, results);
+        match ledger.apply(payload.timestamp, &payload.commands) {
+            Ok(results) => {
+                results_at.insert(index, results);
+            }
+            // Refused on replay exactly where the sites refused it.
+            Err(e) => assert!(
+                sim.refused.iter().any(|&(_, i)| i == index),
+                "seed {seed}: the replay refuses entry {index} ({e:?}), which no site refused"
+            ),
+        }
+    }
+    for &(site, index) in &sim.refused {
+        assert!(
+            !results_at.contains_key(&index),
+            "seed {seed}: site {site} refused entry {index}, which the replay applies"
+        );
     }
     for site in &sim.sites {
         let replica = site.replica.as_ref().expect("runs");
@@ -804,4 +833,45 @@ fn a_cut_off_leader_acknowledges_nothing_and_rejoins_as_a_follower() {
     assert_eq!(status.role, StateRole::Follower);
     assert_eq!(status.leader, Some(SITES[new_leader]));
     check(&sim);
+}
+
+#[test]
+fn a_batch_the_ledger_refuses_is_refused_on_every_site_and_the_log_goes_on() {
+    // Room for the world's accounts, not for 30 more.
+    let accounts_max = 40;
+    let mut sim = Sim::with_ledger(17, LedgerConfig { accounts_max, ..ledger_config() });
+    sim.random_faults = false;
+    sim.refusals_expected = true;
+    while sim.acks.len() < 20 {
+        assert!(sim.now < 10_000, "no progress");
+        sim.step();
+    }
+    let l = sim.leader().expect("a leader");
+    let over: Vec<Command> = (0..30)
+        .map(|k| {
+            Command::CreateAccount(hazina_core::NewAccount {
+                id: 1_000_000 + k,
+                currency: hazina_core::CURRENCY_KES,
+                kind: hazina_core::AccountKind::CustomerWallet as u16,
+                ..hazina_core::NewAccount::default()
+            })
+        })
+        .collect();
+    let now = sim.site_clock(l);
+    let p = sim.sites[l].replica.as_mut().expect("runs").propose(now, over).expect("leads");
+    sim.drain(l);
+    let acks_then = sim.acks.len();
+    while SITES.iter().any(|&site| !sim.refused.contains(&(site, p.index)))
+        || sim.acks.len() < acks_then + 10
+    {
+        assert!(sim.now < 20_000, "every site refuses the batch and the client's writes go on");
+        sim.step();
+    }
+    settle(&mut sim);
+    check(&sim);
+    for site in &sim.sites {
+        let ledger = site.replica.as_ref().expect("runs").ledger();
+        assert!(ledger.accounts_count() <= accounts_max);
+        assert!(ledger.account(1_000_000).is_none(), "site {} created a refused account", site.id);
+    }
 }
