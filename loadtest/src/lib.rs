@@ -99,6 +99,7 @@ pub struct Args {
 /// What the run saw, shared by the workers.
 #[derive(Debug)]
 struct Tally {
+    /// Latency of the whole run, as of the last sample of the timeline.
     latency: Mutex<Histogram<u64>>,
     /// Latency since the last sample of the timeline.
     interval: Mutex<Histogram<u64>>,
@@ -166,6 +167,8 @@ impl Tally {
         let errors = self.transport_errors.load(Ordering::Relaxed);
         let mut latency =
             std::mem::replace(&mut *self.interval.lock().expect("tally"), latency_histogram());
+        // The run's histogram is the sum of its intervals: each answer is recorded once.
+        self.latency.lock().expect("tally").add(&latency).expect("same bounds");
         let mut sampled = self.sampled.lock().expect("tally");
         let mut timeline = self.timeline.lock().expect("tally");
         let mut from = (sampled.at, sampled.transfers, sampled.errors);
@@ -415,7 +418,6 @@ async fn send(
             return Vec::new();
         }
     };
-    let _ = tally.latency.lock().expect("tally").record(micros);
     let _ = tally.interval.lock().expect("tally").record(micros);
     tally.transfers.fetch_add(transfers.len() as u64, Ordering::Relaxed);
     {

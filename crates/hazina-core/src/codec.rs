@@ -68,11 +68,8 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     let mut r = Reader::new(bytes);
-    r.version()?;
-    let index = r.u64()?;
-    let term = r.u64()?;
-    let timestamp = r.u64()?;
-    let count = r.u32()? as usize;
+    let EntryHeader { index, term, timestamp, commands } = read_entry_header(&mut r)?;
+    let count = commands as usize;
     if count > ENTRY_COMMANDS_MAX {
         return Err(CodecError(format!("entry claims {count} commands")));
     }
@@ -103,7 +100,10 @@ impl EntryHeader {
 }
 
 pub fn decode_entry_header(bytes: &[u8]) -> Result<EntryHeader, CodecError> {
-    let mut r = Reader::new(bytes);
+    read_entry_header(&mut Reader::new(bytes))
+}
+
+fn read_entry_header(r: &mut Reader<'_>) -> Result<EntryHeader, CodecError> {
     r.version()?;
     Ok(EntryHeader { index: r.u64()?, term: r.u64()?, timestamp: r.u64()?, commands: r.u32()? })
 }

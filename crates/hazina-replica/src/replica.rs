@@ -320,7 +320,8 @@ impl<S: LogStore> Replica<S> {
         // A payload naming another index would stop every replica that applies it; stop here,
         // before the entry leaves this one.
         assert_eq!(self.node.raft.raft_log.last_index(), index, "the proposal's index");
-        let next = timestamp.saturating_add(entry.commands.len() as u64);
+        let commands = u32::try_from(entry.commands.len()).expect("at most batch_commands_max");
+        let next = codec::EntryHeader { index, term, timestamp, commands }.next_timestamp();
         self.stamp_floor = Some((index, term, next));
         Ok(Proposal { index, term, timestamp })
     }

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use hazina_core::codec;
 use hazina_core::{Command, Ledger, LedgerConfig, ResultCode, Timestamp};
+use hazina_replica::raft::Storage as _;
 use hazina_replica::raft::eraftpb::MessageType;
 use hazina_replica::{MemLog, Message, Output, ProposeError, Replica, ReplicaConfig, StateRole};
 use hazina_testkit::world::{EPOCH, World, WorldConfig};
@@ -429,16 +430,14 @@ impl Sim {
             if applied.acknowledged {
                 // Durable on this site and at least one other: held in their logs, or
                 // compacted behind a snapshot that covers it.
-                let holders =
-                    self.sites
-                        .iter()
-                        .filter(|s| {
-                            s.log.first_index() > applied.index
-                                || s.log.entries_from(applied.index).first().is_some_and(|e| {
-                                    e.index == applied.index && e.term == applied.term
-                                })
-                        })
-                        .count();
+                let holders = self
+                    .sites
+                    .iter()
+                    .filter(|s| {
+                        s.log.first_index() > applied.index
+                            || s.log.term(applied.index).is_ok_and(|t| t == applied.term)
+                    })
+                    .count();
                 assert!(
                     holders >= 2,
                     "seed {}: site {id} acknowledged entry {} held by {holders} site(s)",
@@ -582,19 +581,7 @@ fn run(seed: u64, faulty_ms: u64) {
     while sim.now < faulty_ms {
         sim.step();
     }
-    // Heal: no new faults, cut links restored; crashed sites come back when due (a site with
-    // a torn write armed tears it at its next write, and comes back after that).
-    sim.faulty = false;
-    sim.heal_at = 0;
-    let settle_until = sim.now + SETTLE_MS_MAX;
-    while !sim.settled() {
-        assert!(
-            sim.now < settle_until,
-            "seed {seed}: the healed group did not settle within {SETTLE_MS_MAX} ms: {:?}",
-            sim.sites.iter().map(|s| s.replica.as_ref().map(Replica::status)).collect::<Vec<_>>()
-        );
-        sim.step();
-    }
+    settle(&mut sim);
     check(&sim);
 }
 
@@ -742,12 +729,20 @@ fn scripted(seed: u64, acks: usize) -> Sim {
     sim
 }
 
+/// Heals the group and runs it until it settles: no new faults or batches, cut links restored;
+/// crashed sites come back when due (a site with a torn write armed tears it at its next
+/// write, and comes back after that).
 fn settle(sim: &mut Sim) {
     sim.faulty = false;
     sim.heal_at = 0;
     let until = sim.now + SETTLE_MS_MAX;
     while !sim.settled() {
-        assert!(sim.now < until, "did not settle");
+        assert!(
+            sim.now < until,
+            "seed {}: the healed group did not settle within {SETTLE_MS_MAX} ms: {:?}",
+            sim.seed,
+            sim.sites.iter().map(|s| s.replica.as_ref().map(Replica::status)).collect::<Vec<_>>()
+        );
         sim.step();
     }
 }
