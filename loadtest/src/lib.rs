@@ -34,9 +34,13 @@ use workload::{Mix, Population, WALLET_LIMITS, WALLET_PROFILE};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hazina-loadtest", version, about = "Load-test and verify a Hazina node")]
 pub struct Args {
-    /// gRPC address of the node.
+    /// gRPC address of the node; for a replicated group, every site's, comma-separated.
     #[arg(long, default_value = "http://127.0.0.1:7400")]
     pub target: String,
+    /// Attempts per request: 1 counts every refusal as an error; more resends with the same ids
+    /// (as callers do) and follows a group's primary through a failover or a switchover.
+    #[arg(long, default_value_t = 1)]
+    pub attempts: u32,
     /// Prometheus endpoint of the node, to check its counts against ours; "off" to skip.
     #[arg(long, default_value = "http://127.0.0.1:9400/metrics")]
     pub metrics: String,
@@ -115,11 +119,18 @@ struct Tally {
     /// Items of requests that got an error: they may or may not have been applied.
     in_doubt: AtomicU64,
     resend_mismatches: AtomicU64,
+    /// Microseconds from `began` to the latest answer, and the longest stretch with none.
+    began: Instant,
+    last_answer_us: AtomicU64,
+    longest_gap_us: AtomicU64,
 }
 
 impl Tally {
     fn new() -> Tally {
         Tally {
+            began: Instant::now(),
+            last_answer_us: AtomicU64::new(0),
+            longest_gap_us: AtomicU64::new(0),
             latency: Mutex::new(latency_histogram()),
             interval: Mutex::new(latency_histogram()),
             timeline: Mutex::new(Vec::new()),
@@ -131,6 +142,18 @@ impl Tally {
             transport_errors: AtomicU64::new(0),
             in_doubt: AtomicU64::new(0),
             resend_mismatches: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Tally {
+    /// Notes an answered request: the longest gap between answers is how long a failover or a
+    /// switchover kept writes from being answered.
+    fn answered(&self) {
+        let now = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let before = self.last_answer_us.fetch_max(now, Ordering::Relaxed);
+        if now > before {
+            self.longest_gap_us.fetch_max(now - before, Ordering::Relaxed);
         }
     }
 }
@@ -224,6 +247,9 @@ pub struct Report {
     pub results: BTreeMap<String, u64>,
     pub transport_errors: u64,
     pub in_doubt_transfers: u64,
+    /// The longest time in which no request was answered, in milliseconds: with several
+    /// targets and `--attempts` above 1, the write pause of a failover or a switchover.
+    pub longest_answer_gap_ms: f64,
     pub verification: Verification,
     /// Second by second.
     pub timeline: Vec<Second>,
@@ -258,8 +284,11 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         agents: args.agents.max(1),
         employers: args.employers.max(1),
     };
-    let retry =
-        RetryPolicy { attempts: 1, timeout: Duration::from_secs(30), ..RetryPolicy::default() };
+    let retry = RetryPolicy {
+        attempts: args.attempts.max(1),
+        timeout: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    };
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         clients.push(Client::connect_with(&args.target, retry).await?);
@@ -319,6 +348,7 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
             .collect(),
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),
         in_doubt_transfers: tally.in_doubt.load(Ordering::Relaxed),
+        longest_answer_gap_ms: tally.longest_gap_us.load(Ordering::Relaxed) as f64 / 1_000.0,
         verification,
         timeline: tally.timeline.lock().expect("tally").clone(),
     };
@@ -419,6 +449,7 @@ async fn send(
         }
     };
     let _ = tally.interval.lock().expect("tally").record(micros);
+    tally.answered();
     tally.transfers.fetch_add(transfers.len() as u64, Ordering::Relaxed);
     {
         let mut counts = tally.results.lock().expect("tally");
@@ -689,6 +720,7 @@ fn print_table(r: &Report) {
         "transport errs  {}  (transfers in doubt: {})",
         r.transport_errors, r.in_doubt_transfers
     );
+    println!("longest gap     {:.1} ms without an answer", r.longest_answer_gap_ms);
     println!("results:");
     for (name, n) in &r.results {
         println!("  {name:<28} {n}");

@@ -7,6 +7,10 @@
 //!   account and transfer carries its own id, and a resent id returns the outcome of the first
 //!   time and changes nothing. A retried create may so answer `Exists` for what the lost
 //!   first attempt created.
+//! - In a replicated group, give every site's address (`a,b,c`): a standby answers writes with
+//!   "not primary" naming the primary, and the client follows it and resends the same ids; a
+//!   site that cannot be reached is left for the next one. So a failover or a switchover costs
+//!   a caller a short wait, not an error.
 //! - [`TransferBatcher`] lets many tasks submit one transfer each, and sends them in batches:
 //!   one RPC, one log sync, for all the transfers that arrive while the previous batch is in
 //!   flight.
@@ -35,13 +39,14 @@
 /// The generated API and its conversions, for what this client does not wrap.
 pub use hazina_proto as proto;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hazina_core::{
     Account, AccountStatus, HistoryEntry, HistoryPage, LimitProfile, LimitProfileId, NewAccount,
     NewTransfer, ResultCode, Timestamp, Transfer, TransferFlags,
 };
+use hazina_proto::v1::admin_client::AdminClient;
 use hazina_proto::v1::ledger_client::LedgerClient;
 use hazina_proto::v1::{self as pb};
 use hazina_proto::{u128_from_wire, u128_to_wire};
@@ -90,15 +95,20 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// Rides out a failover (a new primary within about a second) and brief overloads: ten
+    /// attempts over about three seconds.
     fn default() -> RetryPolicy {
         RetryPolicy {
-            attempts: 6,
+            attempts: 10,
             backoff: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(500),
             timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// The metadata of a "not primary" answer naming the primary's client address.
+pub const LEADER_ADDRESS_HEADER: &str = "hazina-leader-address";
 
 /// Codes after which the request may not have been applied, and resending the same ids is the
 /// way to find out.
@@ -109,37 +119,108 @@ fn retryable(code: Code) -> bool {
     )
 }
 
-/// A connection to one Hazina node. Cheap to clone; clones share the connection.
+/// The node a client sends to, among the addresses it knows.
+#[derive(Debug)]
+struct Target {
+    addr: String,
+    channel: Channel,
+}
+
+#[derive(Debug)]
+struct Targets {
+    /// Every address given, and primaries named by "not primary" answers.
+    addrs: Mutex<Vec<String>>,
+    current: Mutex<Target>,
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true))
+}
+
+/// A connection to a Hazina node, or to the primary of a replicated group. Cheap to clone;
+/// clones share the connection and follow the primary together.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: LedgerClient<Channel>,
+    targets: Arc<Targets>,
     retry: RetryPolicy,
 }
 
 impl Client {
-    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    /// Connects to `addr` (`http://host:port`, or `host:port`), or to the first reachable of a
+    /// comma-separated list of a group's sites.
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         Client::connect_with(addr, RetryPolicy::default()).await
     }
 
-    pub async fn connect_with(addr: &str, retry: RetryPolicy) -> Result<Client, ClientError> {
-        let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel =
-            endpoint.connect().await.map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
-        let inner = LedgerClient::new(channel)
-            .max_decoding_message_size(8 << 20)
-            .max_encoding_message_size(8 << 20);
-        Ok(Client { inner, retry })
+    pub async fn connect_with(addrs: &str, retry: RetryPolicy) -> Result<Client, ClientError> {
+        let list: Vec<String> =
+            addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect();
+        let mut errors = Vec::new();
+        for addr in &list {
+            match endpoint(addr)?.connect().await {
+                Ok(channel) => {
+                    let current = Target { addr: addr.clone(), channel };
+                    let targets =
+                        Targets { addrs: Mutex::new(list.clone()), current: Mutex::new(current) };
+                    return Ok(Client { targets: Arc::new(targets), retry });
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            return Err(ClientError::Connect(format!("no address in {addrs:?}")));
+        }
+        Err(ClientError::Connect(errors.join("; ")))
     }
 
-    /// Calls `call` with retries, as [`RetryPolicy`] says.
+    /// The address requests go to now.
+    pub fn current_addr(&self) -> String {
+        self.targets.current.lock().expect("no panics while holding the lock").addr.clone()
+    }
+
+    fn channel(&self) -> Channel {
+        self.targets.current.lock().expect("no panics while holding the lock").channel.clone()
+    }
+
+    /// Moves to `addr` (connecting lazily), unless another task already moved away from
+    /// `from`.
+    fn move_to(&self, from: &str, addr: &str) {
+        let Ok(endpoint) = endpoint(addr) else { return };
+        let mut current = self.targets.current.lock().expect("no panics while holding the lock");
+        if current.addr != from || current.addr == addr {
+            return;
+        }
+        *current = Target { addr: addr.to_owned(), channel: endpoint.connect_lazy() };
+        drop(current);
+        let mut addrs = self.targets.addrs.lock().expect("no panics while holding the lock");
+        if !addrs.iter().any(|a| a == addr) {
+            addrs.push(addr.to_owned());
+        }
+    }
+
+    /// After a failure at `from` with no primary named: the next known address, if any.
+    fn rotate(&self, from: &str) {
+        let next = {
+            let addrs = self.targets.addrs.lock().expect("no panics while holding the lock");
+            if addrs.len() < 2 {
+                return;
+            }
+            let at = addrs.iter().position(|a| a == from).unwrap_or(0);
+            addrs[(at + 1) % addrs.len()].clone()
+        };
+        self.move_to(from, &next);
+    }
+
+    /// Calls `call` with retries, as [`RetryPolicy`] says, following a "not primary" answer to
+    /// the primary it names at once, and moving to the next known site when one cannot be
+    /// reached.
     async fn call<Req: Clone, Rep, F, Fut>(&self, request: Req, call: F) -> Result<Rep, ClientError>
     where
-        F: Fn(LedgerClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Rep>, Status>>,
     {
         let mut backoff = self.retry.backoff;
@@ -147,16 +228,41 @@ impl Client {
         loop {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(self.retry.timeout);
-            match call(self.inner.clone(), req).await {
+            let from = self.current_addr();
+            match call(self.channel(), req).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(status.code()) && attempt < self.retry.attempts => {
+                    let leader = status
+                        .metadata()
+                        .get(LEADER_ADDRESS_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    attempt += 1;
+                    match leader {
+                        Some(leader) if leader != from => {
+                            // The primary is known: go there now.
+                            self.move_to(&from, &leader);
+                            continue;
+                        }
+                        Some(_) => {}
+                        None if status.code() == Code::Unavailable => self.rotate(&from),
+                        None => {}
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.retry.backoff_max);
-                    attempt += 1;
                 }
                 Err(status) => return Err(ClientError::Rpc(status)),
             }
         }
+    }
+
+    /// Asks the primary to hand over to site `to` (`hazina admin switchover`). Returns the
+    /// reply: the new primary, its term and how long writes paused.
+    pub async fn switchover(&self, to: u64) -> Result<pb::SwitchoverReply, ClientError> {
+        self.call(pb::SwitchoverRequest { to_site: to }, |c, r| async move {
+            AdminClient::new(c).switchover(r).await
+        })
+        .await
     }
 
     pub async fn create_accounts(
@@ -166,8 +272,9 @@ impl Client {
         let request = pb::CreateAccountsRequest {
             accounts: accounts.iter().map(hazina_proto::new_account_to_wire).collect(),
         };
-        let reply =
-            self.call(request, |mut c, r| async move { c.create_accounts(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).create_accounts(r).await })
+            .await?;
         results(&reply.results, accounts.len())
     }
 
@@ -178,24 +285,27 @@ impl Client {
         let request = pb::CreateTransfersRequest {
             transfers: transfers.iter().map(hazina_proto::new_transfer_to_wire).collect(),
         };
-        let reply =
-            self.call(request, |mut c, r| async move { c.create_transfers(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).create_transfers(r).await })
+            .await?;
         results(&reply.results, transfers.len())
     }
 
     pub async fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Account>, ClientError> {
         let request =
             pb::LookupAccountsRequest { ids: ids.iter().map(|&id| u128_to_wire(id)).collect() };
-        let reply =
-            self.call(request, |mut c, r| async move { c.lookup_accounts(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).lookup_accounts(r).await })
+            .await?;
         reply.accounts.iter().map(account_from_wire).collect()
     }
 
     pub async fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Transfer>, ClientError> {
         let request =
             pb::LookupTransfersRequest { ids: ids.iter().map(|&id| u128_to_wire(id)).collect() };
-        let reply =
-            self.call(request, |mut c, r| async move { c.lookup_transfers(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).lookup_transfers(r).await })
+            .await?;
         reply
             .transfers
             .iter()
@@ -217,8 +327,9 @@ impl Client {
             from_timestamp: from,
             limit,
         };
-        let reply =
-            self.call(request, |mut c, r| async move { c.get_account_history(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).get_account_history(r).await })
+            .await?;
         Ok(HistoryPage {
             opening_balance: hazina_proto::balance_from_wire(reply.opening_balance.as_ref()),
             entries: reply
@@ -251,8 +362,9 @@ impl Client {
                 })
                 .collect(),
         };
-        let reply =
-            self.call(request, |mut c, r| async move { c.set_account_status(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).set_account_status(r).await })
+            .await?;
         results(&reply.results, changes.len())
     }
 
@@ -274,13 +386,24 @@ impl Client {
                 })
                 .collect(),
         };
-        let reply =
-            self.call(request, |mut c, r| async move { c.set_limit_profiles(r).await }).await?;
+        let reply = self
+            .call(request, |c, r| async move { Client::wrap(c).set_limit_profiles(r).await })
+            .await?;
         results(&reply.results, profiles.len())
     }
 
+    fn wrap(channel: Channel) -> LedgerClient<Channel> {
+        LedgerClient::new(channel)
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20)
+    }
+
     pub async fn status(&self) -> Result<pb::GetStatusReply, ClientError> {
-        self.call(pb::GetStatusRequest {}, |mut c, r| async move { c.get_status(r).await }).await
+        self.call(
+            pb::GetStatusRequest {},
+            |c, r| async move { Client::wrap(c).get_status(r).await },
+        )
+        .await
     }
 }
 

@@ -14,6 +14,13 @@ pub mod v1 {
         tonic::include_file_descriptor_set!("hazina_v1_descriptor");
 }
 
+/// Site-to-site replication (`proto/hazina/peer/v1/peer.proto`): raft messages between the
+/// sites of one group. Not part of the client API, and not in reflection.
+#[allow(clippy::all, clippy::pedantic, missing_debug_implementations, rust_2018_idioms)]
+pub mod peer {
+    tonic::include_proto!("hazina.peer.v1");
+}
+
 pub mod codec;
 
 use hazina_core as core;

@@ -9,6 +9,7 @@
 pub mod log;
 mod replica;
 pub mod snapshot;
+pub mod wire;
 
 pub use log::{LogStore, MemLog, WriteError};
 pub use raft;

@@ -88,6 +88,45 @@ impl MemLog {
         log
     }
 
+    /// A log as a host stored it: the hard and configuration state, the snapshot it keeps (if
+    /// any), the index and term just before `entries`, and the entries, in order.
+    pub fn restore(
+        hard_state: HardState,
+        conf_state: ConfState,
+        snapshot: Option<Snapshot>,
+        offset: (u64, u64),
+        entries: Vec<Entry>,
+    ) -> Result<MemLog, WriteError> {
+        for (expected, entry) in (offset.0 + 1..).zip(&entries) {
+            if entry.index != expected {
+                return Err(WriteError(format!(
+                    "stored entry {} where {expected} was expected",
+                    entry.index
+                )));
+            }
+        }
+        let inner = MemLogInner {
+            hard_state,
+            conf_state,
+            offset: offset.0,
+            offset_term: offset.1,
+            entries,
+            snapshot,
+            tear_next_write: None,
+        };
+        Ok(MemLog { inner: Arc::new(Mutex::new(inner)) })
+    }
+
+    /// The index and term just before the first entry held (0, 0 if nothing was compacted).
+    pub fn offset(&self) -> (u64, u64) {
+        let inner = self.inner.lock();
+        (inner.offset, inner.offset_term)
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.inner.lock().conf_state.clone()
+    }
+
     /// Makes the next write of entries fail after keeping at most `keep` of them and none of its
     /// hard state: what a crash part-way through a write leaves on disk. The replica's messages
     /// that depend on that write are never sent, so nothing was acknowledged from it.

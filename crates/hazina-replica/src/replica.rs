@@ -8,7 +8,9 @@
 //! replicas deterministically.
 
 use hazina_core::codec::{self, CodecError};
-use hazina_core::{ApplyError, Command, Ledger, LedgerConfig, ResultCode, Timestamp};
+use hazina_core::{
+    Account, ApplyError, Command, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer,
+};
 use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
@@ -492,6 +494,31 @@ impl<S: LogStore> Replica<S> {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// What the entries applied since the last call changed, for a host that stores it
+    /// (statements, lookups); needs `track_changes` in the ledger's configuration. After a
+    /// snapshot was installed this names only what later entries changed.
+    pub fn take_changes(&mut self, accounts: &mut Vec<Account>, transfers: &mut Vec<Transfer>) {
+        self.ledger.take_changes(accounts, transfers);
+    }
+
+    /// On the leader, each voter's last log index known to match the leader's (its own
+    /// included), in id order; empty elsewhere. The lag of a standby is the leader's last index
+    /// minus its match.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, u64)> = raft.prs().iter().map(|(&id, p)| (id, p.matched)).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether a leadership transfer is under way (proposals are refused meanwhile).
+    pub fn transferring_to(&self) -> Option<u64> {
+        self.node.raft.lead_transferee
     }
 
     pub fn log(&self) -> &S {

@@ -11,6 +11,7 @@
 //! | `holds`     | transfer id of a pending hold         | empty                               |
 //! | `history`   | account id, timestamp (BE)            | one posted movement and the balance |
 //! | `meta`      | `applied`, `profiles`                 | where the state stands              |
+//! | `raft`      | see [`RaftLog`]                       | a replicated site's raft log        |
 //!
 //! Two kinds of write, with different durability:
 //! - [`Store::append`] writes log entries with a synced write-ahead log: once it returns, the
@@ -24,6 +25,10 @@
 //!
 //! [`Store::checkpoint`] flushes the state and trims the log behind it, so a restart replays
 //! only the log's tail.
+
+mod raft_log;
+
+pub use raft_log::RaftLog;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -44,7 +49,10 @@ const CF_TRANSFERS: &str = "transfers";
 const CF_HOLDS: &str = "holds";
 const CF_HISTORY: &str = "history";
 const CF_META: &str = "meta";
-const FAMILIES: [&str; 6] = [CF_LOG, CF_ACCOUNTS, CF_TRANSFERS, CF_HOLDS, CF_HISTORY, CF_META];
+/// The replicated log of a site in a group ([`RaftLog`]); empty on a single site.
+const CF_RAFT: &str = "raft";
+const FAMILIES: [&str; 7] =
+    [CF_LOG, CF_ACCOUNTS, CF_TRANSFERS, CF_HOLDS, CF_HISTORY, CF_META, CF_RAFT];
 
 const META_APPLIED: &[u8] = b"applied";
 const META_PROFILES: &[u8] = b"profiles";

@@ -4,6 +4,7 @@
 //! RocksDB ([`node`]) and the `hazina.v1` gRPC API ([`service`]), with the standard health and
 //! reflection services and a Prometheus endpoint ([`server`]).
 
+pub mod cluster;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -103,6 +103,17 @@ pub enum NodeError {
     Stopped,
     /// Storage failed while reading (`INTERNAL`).
     Storage(String),
+    /// This site is a standby (`UNAVAILABLE`, naming the primary when known): send to the
+    /// primary, with the same ids.
+    NotLeader { leader: Option<u64>, address: Option<String> },
+    /// The primary cannot take writes for a moment, for example during a switchover
+    /// (`UNAVAILABLE`): retry.
+    Busy(String),
+    /// A request no site could carry out (`INVALID_ARGUMENT`).
+    Invalid(String),
+    /// The ledger refused the whole entry holding the request, on every site alike, and changed
+    /// nothing (`FAILED_PRECONDITION`): for example it would pass the account limit.
+    Refused(String),
 }
 
 impl std::fmt::Display for NodeError {
@@ -120,6 +131,18 @@ impl std::fmt::Display for NodeError {
             ),
             NodeError::Stopped => write!(f, "the node is stopping"),
             NodeError::Storage(e) => write!(f, "storage: {e}"),
+            NodeError::NotLeader { leader: Some(id), address: Some(addr) } => {
+                write!(f, "not the primary: site {id} is, at {addr}")
+            }
+            NodeError::NotLeader { leader: Some(id), address: None } => {
+                write!(f, "not the primary: site {id} is")
+            }
+            NodeError::NotLeader { leader: None, .. } => {
+                write!(f, "not the primary, and no primary is known yet: retry")
+            }
+            NodeError::Busy(why) => write!(f, "busy: {why}; retry"),
+            NodeError::Invalid(why) => write!(f, "{why}"),
+            NodeError::Refused(why) => write!(f, "refused by the ledger: {why}"),
         }
     }
 }
@@ -678,7 +701,7 @@ impl Sequencer {
     }
 }
 
-fn count_results(commands: &[Command], results: &[ResultCode]) {
+pub(crate) fn count_results(commands: &[Command], results: &[ResultCode]) {
     let mut counts = [0u64; 100];
     let mut transfers_ok = 0u64;
     for (command, &result) in commands.iter().zip(results) {

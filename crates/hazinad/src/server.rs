@@ -11,19 +11,55 @@ use hazina_core::LedgerConfig;
 use hazina_proto::v1::ledger_server::LedgerServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::cluster::{ClusterConfig, ClusterNode, PEER_MESSAGE_BYTES_MAX, Site};
 use crate::node::{Node, NodeConfig};
-use crate::service::{LedgerService, MESSAGE_BYTES_MAX};
+use crate::service::{AdminService, Backend, LedgerService, MESSAGE_BYTES_MAX, PeerService};
+use hazina_proto::peer::peer_server::PeerServer;
+use hazina_proto::v1::admin_server::AdminServer;
 
-/// Runs a Hazina ledger node: one site, RocksDB in a local folder.
+/// Runs a Hazina ledger node: one site with RocksDB in a local folder, or, with --site-id and
+/// --site, one site of a replicated group of three (or five).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hazinad", version, about)]
 pub struct Args {
     /// Folder of the RocksDB database (created if missing).
     #[arg(long, env = "HAZINA_DATA_DIR", default_value = "hazina-data")]
     pub data_dir: PathBuf,
-    /// Address of the gRPC API. Port 0 picks a free port (see --ready-file).
-    #[arg(long, env = "HAZINA_LISTEN", default_value = "127.0.0.1:7400")]
-    pub listen: SocketAddr,
+    /// Address of the gRPC API. Port 0 picks a free port (see --ready-file). Default
+    /// 127.0.0.1:7400, or this site's API address in a group.
+    #[arg(long, env = "HAZINA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// This site's id in a replicated group (one of the --site ids). Without it the node runs
+    /// a single site.
+    #[arg(long, env = "HAZINA_SITE_ID")]
+    pub site_id: Option<u64>,
+    /// A site of the group, as ID=API_ADDR,PEER_ADDR (for example
+    /// 1=127.0.0.1:7401,127.0.0.1:7411); once per site, this one included, the same list on
+    /// every site.
+    #[arg(long = "site", value_name = "ID=API,PEER")]
+    pub sites: Vec<Site>,
+    /// Address the peer service listens on (default: this site's PEER_ADDR).
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The site preferred as primary: it wins elections when healthy (default: the lowest id).
+    #[arg(long)]
+    pub preferred_site: Option<u64>,
+    /// Milliseconds per raft tick.
+    #[arg(long, default_value_t = 20)]
+    pub tick_ms: u64,
+    /// Ticks between a primary's heartbeats.
+    #[arg(long, default_value_t = 2)]
+    pub heartbeat_ticks: usize,
+    /// Ticks without a primary before a standby campaigns (a few more on less preferred
+    /// sites); a primary that hears from no quorum for this long steps down.
+    #[arg(long, default_value_t = 10)]
+    pub election_ticks: usize,
+    /// Entries applied between snapshots of a replicated site's ledger.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot, for standbys a little behind.
+    #[arg(long, default_value_t = 2_000)]
+    pub log_keep: u64,
     /// Address of the Prometheus endpoint (/metrics), or "off".
     #[arg(long, env = "HAZINA_METRICS_LISTEN", default_value = "127.0.0.1:9400")]
     pub metrics_listen: String,
@@ -49,9 +85,10 @@ pub struct Args {
     /// Most accounts the ledger holds.
     #[arg(long, default_value_t = 100_000_000)]
     pub accounts_max: usize,
-    /// Transfer records kept in memory per generation (others are read from RocksDB).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub generation_max: usize,
+    /// Transfer records kept in memory per generation (others are read from RocksDB); default
+    /// 1,000,000. A replicated site keeps every record (0, the only value it takes).
+    #[arg(long)]
+    pub generation_max: Option<usize>,
     /// Commands applied between checkpoints: bounds the log a restart after a crash replays.
     #[arg(long, default_value_t = 2_000_000)]
     pub checkpoint_every: u64,
@@ -74,7 +111,7 @@ impl Args {
             threads: self.threads,
             batch_commands_max: self.batch_max,
             accounts_max: self.accounts_max,
-            transfers_generation_max: self.generation_max,
+            transfers_generation_max: self.generation_max.unwrap_or(1_000_000),
             track_changes: true,
             ..LedgerConfig::default()
         };
@@ -83,6 +120,64 @@ impl Args {
         config.checkpoint_every = self.checkpoint_every;
         config.log_retain = self.log_retain;
         config
+    }
+
+    /// The group's configuration, if this node is a site of one.
+    pub fn cluster_config(&self) -> Result<Option<ClusterConfig>, String> {
+        let Some(site_id) = self.site_id else {
+            if !self.sites.is_empty() {
+                return Err("--site given without --site-id".into());
+            }
+            return Ok(None);
+        };
+        let single = self.node_config();
+        let preferred_site = self
+            .preferred_site
+            .or_else(|| self.sites.iter().map(|s| s.id).min())
+            .unwrap_or(site_id);
+        Ok(Some(ClusterConfig {
+            data_dir: self.data_dir.clone(),
+            site_id,
+            sites: self.sites.clone(),
+            preferred_site,
+            ledger: LedgerConfig {
+                transfers_generation_max: self.generation_max.unwrap_or(0),
+                ..single.ledger
+            },
+            queue_commands_max: self.queue_max,
+            tick: Duration::from_millis(self.tick_ms),
+            heartbeat_ticks: self.heartbeat_ticks,
+            election_ticks: self.election_ticks,
+            snapshot_every: self.snapshot_every,
+            log_keep: self.log_keep,
+            store: single.store,
+        }))
+    }
+
+    fn own_site(&self) -> Option<&Site> {
+        self.site_id.and_then(|id| self.sites.iter().find(|s| s.id == id))
+    }
+
+    /// The API address: --listen, else this site's API address, else 127.0.0.1:7400.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(addr) = self.listen {
+            return Ok(addr);
+        }
+        match self.own_site() {
+            Some(site) => site
+                .api
+                .parse()
+                .map_err(|e| format!("site {} API address {}: {e}", site.id, site.api)),
+            None => Ok(SocketAddr::from(([127, 0, 0, 1], 7400))),
+        }
+    }
+
+    fn peer_listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(addr) = self.peer_listen {
+            return Ok(addr);
+        }
+        let site = self.own_site().ok_or("--site-id names none of the --site entries")?;
+        site.peer.parse().map_err(|e| format!("site {} peer address {}: {e}", site.id, site.peer))
     }
 }
 
@@ -141,9 +236,33 @@ pub async fn run(
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
         tracing::info!(%addr, "metrics at /metrics");
     }
-    let config = args.node_config();
-    let node = tokio::task::spawn_blocking(move || Node::start(config)).await??;
-    let node = Arc::new(node);
+    let listen = args.listen_addr()?;
+    let (backend, peer_server) = match args.cluster_config()? {
+        None => {
+            let config = args.node_config();
+            let node = tokio::task::spawn_blocking(move || Node::start(config)).await??;
+            (Backend::Single(Arc::new(node)), None)
+        }
+        Some(config) => {
+            let peer_addr = args.peer_listen_addr()?;
+            let runtime = tokio::runtime::Handle::current();
+            let node = Arc::new(
+                tokio::task::spawn_blocking(move || ClusterNode::start(config, runtime)).await??,
+            );
+            let peers = PeerServer::new(PeerService::new(Arc::clone(&node)))
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            let listener = tokio::net::TcpListener::bind(peer_addr)
+                .await
+                .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
+            tracing::info!(addr = %peer_addr, "serving hazina.peer.v1");
+            let server = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peers)
+                .serve_with_incoming(TcpListenerStream::new(listener));
+            (Backend::Cluster(node), Some(tokio::spawn(server)))
+        }
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<LedgerServer<LedgerService>>().await;
@@ -155,15 +274,16 @@ pub async fn run(
         .register_encoded_file_descriptor_set(hazina_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let ledger = LedgerServer::new(LedgerService::new(Arc::clone(&node)))
+    let ledger = LedgerServer::new(LedgerService::new(backend.clone()))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let admin = AdminServer::new(AdminService::new(backend.clone()));
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, commit_index = node.commit_index(), "serving hazina.v1");
+    tracing::info!(%addr, "serving hazina.v1");
     if let Some(path) = &args.ready_file {
         let temporary = path.with_extension("tmp");
         std::fs::write(&temporary, addr.to_string())?;
@@ -176,12 +296,26 @@ pub async fn run(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(ledger)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
-    tracing::info!("stopping: draining the queue and writing a checkpoint");
     health.set_not_serving::<LedgerServer<LedgerService>>().await;
-    let stopping = Arc::clone(&node);
-    tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
-    tracing::info!(commit_index = node.commit_index(), "stopped");
+    if let Some(server) = peer_server {
+        server.abort();
+    }
+    match backend {
+        Backend::Single(node) => {
+            tracing::info!("stopping: draining the queue and writing a checkpoint");
+            let stopping = Arc::clone(&node);
+            tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
+            tracing::info!(commit_index = node.commit_index(), "stopped");
+        }
+        Backend::Cluster(node) => {
+            tracing::info!("stopping: answering what is queued");
+            let stopping = Arc::clone(&node);
+            tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
+            tracing::info!(applied_index = node.applied_index(), "stopped");
+        }
+    }
     Ok(())
 }

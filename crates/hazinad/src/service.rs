@@ -14,6 +14,7 @@ use hazina_proto::v1::{self as pb};
 use hazina_proto::{FieldError, u128_from_wire, u128_to_wire};
 use tonic::{Request, Response, Status};
 
+use crate::cluster::ClusterNode;
 use crate::node::{Node, NodeError};
 
 /// Items in one request, at most: a request must fit in one batch with room to spare.
@@ -26,14 +27,187 @@ pub const HISTORY_LIMIT_MAX: u32 = 1_000;
 /// from the transport before they reach the service.
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
+/// What serves the API: a single site, or a site of a replicated group.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Single(Arc<Node>),
+    Cluster(Arc<ClusterNode>),
+}
+
+impl Backend {
+    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<ResultCode>, NodeError> {
+        match self {
+            Backend::Single(node) => node.execute(commands).await,
+            Backend::Cluster(node) => node.execute(commands).await,
+        }
+    }
+
+    async fn lookup_accounts(
+        &self,
+        ids: Vec<u128>,
+    ) -> Result<Vec<hazina_core::Account>, NodeError> {
+        match self {
+            Backend::Single(node) => node.lookup_accounts(ids).await,
+            Backend::Cluster(node) => node.lookup_accounts(ids).await,
+        }
+    }
+
+    async fn lookup_transfers(
+        &self,
+        ids: Vec<u128>,
+    ) -> Result<Vec<hazina_core::Transfer>, NodeError> {
+        match self {
+            Backend::Single(node) => node.lookup_transfers(ids).await,
+            Backend::Cluster(node) => node.lookup_transfers(ids).await,
+        }
+    }
+
+    fn history(
+        &self,
+        account: u128,
+        from: hazina_core::Timestamp,
+        limit: usize,
+    ) -> Result<hazina_core::HistoryPage, NodeError> {
+        match self {
+            Backend::Single(node) => node.history(account, from, limit),
+            Backend::Cluster(node) => node.history(account, from, limit),
+        }
+    }
+
+    async fn status(&self) -> Result<pb::GetStatusReply, NodeError> {
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        match self {
+            Backend::Single(node) => {
+                let status = node.status().await?;
+                Ok(pb::GetStatusReply {
+                    commit_index: status.commit_index,
+                    term: status.term,
+                    digest: Some(u128_to_wire(status.digest)),
+                    accounts: status.accounts,
+                    checkpoint_index: status.checkpoint_index,
+                    timestamp_last: status.timestamp_last,
+                    version,
+                    queued_commands: status.queued_commands,
+                    role: pb::Role::Single.into(),
+                    last_index: status.commit_index,
+                    applied_index: status.commit_index,
+                    ..pb::GetStatusReply::default()
+                })
+            }
+            Backend::Cluster(node) => {
+                let s = node.status().await?;
+                let role = match s.replica.role {
+                    hazina_replica::StateRole::Leader => pb::Role::Primary,
+                    hazina_replica::StateRole::Follower => pb::Role::Standby,
+                    _ => pb::Role::Candidate,
+                };
+                let last = s.replica.last_index;
+                Ok(pb::GetStatusReply {
+                    commit_index: s.replica.commit_index,
+                    term: s.replica.term,
+                    digest: Some(u128_to_wire(s.digest)),
+                    accounts: s.accounts,
+                    checkpoint_index: 0,
+                    timestamp_last: s.timestamp_last,
+                    version,
+                    queued_commands: s.queued_commands,
+                    site_id: s.site_id,
+                    role: role.into(),
+                    leader_site: s.replica.leader.unwrap_or(0),
+                    leader_address: s.leader_address.unwrap_or_default(),
+                    last_index: last,
+                    applied_index: s.replica.applied_index,
+                    sites: s
+                        .progress
+                        .iter()
+                        .map(|&(site_id, matched)| pb::SiteProgress {
+                            site_id,
+                            match_index: matched,
+                            lag_entries: last.saturating_sub(matched),
+                        })
+                        .collect(),
+                    last_change: s.last_change,
+                    last_change_unix_ms: s.last_change_unix_ms,
+                })
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LedgerService {
-    node: Arc<Node>,
+    node: Backend,
 }
 
 impl LedgerService {
-    pub fn new(node: Arc<Node>) -> LedgerService {
+    pub fn new(node: Backend) -> LedgerService {
         LedgerService { node }
+    }
+}
+
+/// `hazina.v1.Admin`: operator commands of a replicated group.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    node: Backend,
+}
+
+impl AdminService {
+    pub fn new(node: Backend) -> AdminService {
+        AdminService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl hazina_proto::v1::admin_server::Admin for AdminService {
+    async fn switchover(
+        &self,
+        request: Request<pb::SwitchoverRequest>,
+    ) -> Result<Response<pb::SwitchoverReply>, Status> {
+        let to = request.into_inner().to_site;
+        let Backend::Cluster(node) = &self.node else {
+            return Err(Status::failed_precondition(
+                "this node runs a single site (no --site-id): there is nothing to switch over to",
+            ));
+        };
+        let done = node.switchover(to).await.map_err(node_error)?;
+        Ok(Response::new(pb::SwitchoverReply {
+            leader_site: done.leader,
+            term: done.term,
+            pause_ms: u64::try_from(done.pause.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+}
+
+/// `hazina.peer.v1.Peer`: raft messages from the other sites of the group.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: Arc<ClusterNode>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<ClusterNode>) -> PeerService {
+        PeerService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl hazina_proto::peer::peer_server::Peer for PeerService {
+    async fn step(
+        &self,
+        request: Request<hazina_proto::peer::StepRequest>,
+    ) -> Result<Response<hazina_proto::peer::StepReply>, Status> {
+        let request = request.into_inner();
+        let messages = request
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                hazina_replica::wire::decode(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("messages[{i}]: {e}")))
+            })
+            .collect::<Result<Vec<hazina_replica::Message>, Status>>()?;
+        self.node.step(request.from_site, messages).map_err(node_error)?;
+        Ok(Response::new(hazina_proto::peer::StepReply {}))
     }
 }
 
@@ -47,14 +221,38 @@ fn too_many(field: &str, n: usize, max: usize) -> Status {
     Status::invalid_argument(format!("{field}: {n} items exceed the limit of {max} per request"))
 }
 
+/// Metadata of a "not primary" answer: the primary's site id and client address, for clients
+/// to follow (docs/API.md).
+pub const LEADER_SITE_HEADER: &str = "hazina-leader-site";
+pub const LEADER_ADDRESS_HEADER: &str = "hazina-leader-address";
+
 fn node_error(e: NodeError) -> Status {
-    match e {
+    match &e {
         NodeError::Overloaded { .. } | NodeError::AccountsFull { .. } => {
             Status::resource_exhausted(e.to_string())
         }
-        NodeError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
-        NodeError::Stopped => Status::unavailable(e.to_string()),
+        NodeError::TooLarge { .. } | NodeError::Invalid(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        NodeError::Stopped | NodeError::Busy(_) => Status::unavailable(e.to_string()),
         NodeError::Storage(_) => Status::internal(e.to_string()),
+        NodeError::Refused(_) => Status::failed_precondition(e.to_string()),
+        NodeError::NotLeader { leader, address } => {
+            metrics::counter!("hazina_requests_rejected_total", "reason" => "not_primary")
+                .increment(1);
+            let mut status = Status::unavailable(e.to_string());
+            if let Some(id) = leader
+                && let Ok(value) = id.to_string().parse()
+            {
+                status.metadata_mut().insert(LEADER_SITE_HEADER, value);
+            }
+            if let Some(address) = address
+                && let Ok(value) = address.parse()
+            {
+                status.metadata_mut().insert(LEADER_ADDRESS_HEADER, value);
+            }
+            status
+        }
     }
 }
 
@@ -163,7 +361,7 @@ impl Ledger for LedgerService {
                 reason: format!("{} exceeds the page limit of {HISTORY_LIMIT_MAX}", request.limit),
             }));
         }
-        let node = Arc::clone(&self.node);
+        let node = self.node.clone();
         let page = tokio::task::spawn_blocking(move || {
             node.history(account, request.from_timestamp, request.limit as usize)
         })
@@ -237,16 +435,6 @@ impl Ledger for LedgerService {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusReply>, Status> {
-        let status = self.node.status().await.map_err(node_error)?;
-        Ok(Response::new(pb::GetStatusReply {
-            commit_index: status.commit_index,
-            term: status.term,
-            digest: Some(u128_to_wire(status.digest)),
-            accounts: status.accounts,
-            checkpoint_index: status.checkpoint_index,
-            timestamp_last: status.timestamp_last,
-            version: env!("CARGO_PKG_VERSION").into(),
-            queued_commands: status.queued_commands,
-        }))
+        Ok(Response::new(self.node.status().await.map_err(node_error)?))
     }
 }

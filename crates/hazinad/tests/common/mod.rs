@@ -19,6 +19,11 @@ pub struct Server {
 impl Server {
     /// Starts `hazinad` on a free port with its data in `data_dir`, and waits until it serves.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `hazinad` listening on `listen`, and waits until it serves.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let ready = data_dir.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let log = std::fs::OpenOptions::new()
@@ -29,7 +34,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_hazinad"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--ready-file"])
+            .args(["--listen", listen, "--metrics-listen", "off", "--ready-file"])
             .arg(&ready)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -94,6 +99,145 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Free ports on 127.0.0.1, found by binding port 0 (and then letting go, so a race with
+/// another process is possible but unlikely).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+}
+
+/// Three `hazinad` sites of one group on 127.0.0.1, each with its own data folder.
+#[derive(Debug)]
+pub struct Cluster {
+    pub sites: Vec<Option<Server>>,
+    /// `--site` values, the same for every site.
+    site_args: Vec<String>,
+    pub api: Vec<String>,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start(dir: &Path, extra: &[&str]) -> Cluster {
+        let ports = free_ports(6);
+        let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+        let site_args =
+            (0..3).map(|i| format!("{}={},127.0.0.1:{}", i + 1, api[i], ports[3 + i])).collect();
+        let mut cluster = Cluster {
+            sites: Vec::new(),
+            site_args,
+            api,
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|&s| s.to_owned()).collect(),
+        };
+        for site in 1..=3 {
+            let server = cluster.spawn(site);
+            cluster.sites.push(Some(server));
+        }
+        cluster
+    }
+
+    fn spawn(&self, site: u64) -> Server {
+        let mut args: Vec<String> = vec!["--site-id".into(), site.to_string()];
+        for s in &self.site_args {
+            args.push("--site".into());
+            args.push(s.clone());
+        }
+        args.extend(self.extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let index = usize::try_from(site - 1).expect("a small site id");
+        Server::start_on(&self.dir.join(format!("site{site}")), &self.api[index], &args)
+    }
+
+    /// Every site's API address, comma-separated, for a client that follows the primary.
+    pub fn addrs(&self) -> String {
+        self.api.join(",")
+    }
+
+    pub fn kill(&mut self, site: u64) {
+        let index = usize::try_from(site - 1).expect("a small site id");
+        if let Some(mut server) = self.sites[index].take() {
+            server.kill();
+        }
+    }
+
+    pub fn restart(&mut self, site: u64) {
+        let index = usize::try_from(site - 1).expect("a small site id");
+        assert!(self.sites[index].is_none(), "site {site} is running");
+        self.sites[index] = Some(self.spawn(site));
+    }
+
+    /// The status of every running site (None for a site down or not answering).
+    pub async fn statuses(&self) -> Vec<Option<hazina_client::proto::v1::GetStatusReply>> {
+        let mut out = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let status = match site {
+                None => None,
+                Some(_) => {
+                    let retry = hazina_client::RetryPolicy {
+                        attempts: 1,
+                        timeout: Duration::from_secs(2),
+                        ..Default::default()
+                    };
+                    match Client::connect_with(&self.api[i], retry).await {
+                        Ok(client) => client.status().await.ok(),
+                        Err(_) => None,
+                    }
+                }
+            };
+            out.push(status);
+        }
+        out
+    }
+
+    /// Waits until one running site is primary and every running site knows it; returns it.
+    pub async fn primary(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let primaries: Vec<u64> = statuses
+                .iter()
+                .flatten()
+                .filter(|s| s.role == hazina_client::proto::v1::Role::Primary as i32)
+                .map(|s| s.site_id)
+                .collect();
+            let running = self.sites.iter().filter(|s| s.is_some()).count();
+            if let [primary] = primaries[..]
+                && statuses.iter().flatten().count() == running
+                && statuses.iter().flatten().all(|s| s.leader_site == primary)
+            {
+                return primary;
+            }
+            assert!(Instant::now() < deadline, "no single primary within {within:?}: {statuses:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running site applied the same index with the same digest.
+    pub async fn converged(&self, within: Duration) -> (u64, u128) {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses().await;
+            let running = self.sites.iter().filter(|s| s.is_some()).count();
+            let seen: Vec<(u64, u128)> = statuses
+                .iter()
+                .flatten()
+                .map(|s| (s.applied_index, hazina_client::proto::u128_from_wire(s.digest.as_ref())))
+                .collect();
+            if seen.len() == running && seen.windows(2).all(|w| w[0] == w[1]) {
+                return seen[0];
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sites did not converge within {within:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -1,0 +1,980 @@
+//! A site of a replicated group: the ledger behind raft (`hazina-replica`), its log in RocksDB
+//! ([`RaftLog`]), and raft's messages to the other sites over gRPC (`hazina.peer.v1`).
+//!
+//! ```text
+//!  gRPC handlers ─┐                     ┌─▶ peer senders (one tokio task per site) ─▶ sites
+//!  peer service ──┼─inputs─▶ driver ────┤
+//!  sender reports ┘        (one thread) └─▶ replies to the gRPC handlers
+//! ```
+//!
+//! The driver owns the [`Replica`]. Each round it takes what is queued (requests, peer
+//! messages, reports), ticks raft on its clock, proposes the round's commands as one entry if
+//! it leads, and runs `handle_ready`: one synced RocksDB write for the new entries and the term
+//! and vote, the messages to send, the committed entries applied to the ledger. A caller gets
+//! its results only when its entry was applied by the leader that proposed it, in the same
+//! term: by then it is durable on this site and at least one other (docs/adr/0003). While the
+//! driver writes, requests queue, so the next round's entry is larger: group commit.
+//!
+//! Writes and reads go to the primary; a standby answers them with [`NodeError::NotLeader`],
+//! naming the primary, which clients follow. A new primary answers reads only once it applied an
+//! entry of its own term, so that it has applied everything committed before it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use hazina_core::{Account, Command, HistoryPage, LedgerConfig, ResultCode, Timestamp, Transfer};
+use hazina_proto::peer::peer_client::PeerClient;
+use hazina_proto::peer::{StepReply, StepRequest};
+use hazina_replica::raft::eraftpb::MessageType;
+use hazina_replica::{
+    Message, Output, ProposeError, Replica, ReplicaConfig, ReplicaStatus, StateRole, wire,
+};
+use hazina_store::{Applied, Changes, RaftLog, Store, StoreOptions};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::node::{NodeError, StartError, count_results};
+
+/// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
+/// lost, and a dropped snapshot is reported as failed).
+pub const PEER_QUEUE_MESSAGES_MAX: usize = 8_192;
+/// Messages in one `Step` call, at most.
+const PEER_BATCH_MESSAGES_MAX: usize = 256;
+/// Messages from peers waiting for the driver beyond which `Step` calls are refused.
+pub const PEER_INBOX_MESSAGES_MAX: usize = 65_536;
+/// Bytes of one peer message, at most: a snapshot of the whole ledger travels in one.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+/// Inputs the driver takes in one round besides commands.
+const ROUND_INPUTS_MAX: usize = 4_096;
+/// How long a switchover may take before the operator is told it did not happen.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One site of the group: its raft id and addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub id: u64,
+    /// The client API (`hazina.v1`), named in "not primary" answers.
+    pub api: String,
+    /// The peer service (`hazina.peer.v1`).
+    pub peer: String,
+}
+
+impl std::str::FromStr for Site {
+    type Err = String;
+
+    /// `ID=API_ADDR,PEER_ADDR`, for example `1=127.0.0.1:7401,127.0.0.1:7411`.
+    fn from_str(s: &str) -> Result<Site, String> {
+        let (id, addrs) =
+            s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=API,PEER"))?;
+        let id: u64 = id.trim().parse().map_err(|e| format!("{s:?}: site id: {e}"))?;
+        if id == 0 {
+            return Err(format!("{s:?}: site ids start at 1"));
+        }
+        let (api, peer) =
+            addrs.split_once(',').ok_or_else(|| format!("{s:?}: expected ID=API,PEER"))?;
+        Ok(Site { id, api: api.trim().to_owned(), peer: peer.trim().to_owned() })
+    }
+}
+
+/// How a site of a group runs. `hazinad --help` documents each as a flag.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub data_dir: std::path::PathBuf,
+    pub site_id: u64,
+    /// Every site of the group, this one included.
+    pub sites: Vec<Site>,
+    /// The site preferred as primary: it has the shortest election timeout, so it wins
+    /// elections when it is healthy.
+    pub preferred_site: u64,
+    pub ledger: LedgerConfig,
+    pub queue_commands_max: usize,
+    /// Raft's clock: one tick every this long.
+    pub tick: Duration,
+    /// A primary sends heartbeats every this many ticks.
+    pub heartbeat_ticks: usize,
+    /// A standby that hears no primary for this many ticks (more on the less preferred sites)
+    /// campaigns; a primary that hears from no quorum for this long steps down.
+    pub election_ticks: usize,
+    /// Entries applied between snapshots (the log is compacted behind each).
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for standbys a little behind.
+    pub log_keep: u64,
+    pub store: StoreOptions,
+}
+
+impl ClusterConfig {
+    pub fn check(&self) -> Result<(), String> {
+        let mut ids: Vec<u64> = self.sites.iter().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.sites.len() {
+            return Err("two sites share an id".into());
+        }
+        if ids.len() < 3 || ids.len().is_multiple_of(2) {
+            return Err(format!(
+                "{} sites: a group needs an odd number, at least 3, so that one can be lost",
+                ids.len()
+            ));
+        }
+        if !ids.contains(&self.site_id) {
+            return Err(format!("site {} is not among the sites {ids:?}", self.site_id));
+        }
+        if !ids.contains(&self.preferred_site) {
+            return Err(format!("preferred site {} is not among {ids:?}", self.preferred_site));
+        }
+        if self.tick.is_zero() || self.heartbeat_ticks == 0 {
+            return Err("the tick and the heartbeat must not be zero".into());
+        }
+        if self.election_ticks <= 2 * self.heartbeat_ticks {
+            return Err("the election timeout must span more than two heartbeats".into());
+        }
+        if self.ledger.transfers_generation_max != 0 {
+            // The replica applies committed entries itself and ships whole-ledger snapshots:
+            // every record must be resident (docs/OPERATIONS.md, "limits").
+            return Err("a replicated site keeps every transfer record in memory".into());
+        }
+        if self.queue_commands_max < self.ledger.batch_commands_max {
+            return Err("the queue must hold at least one full batch".into());
+        }
+        Ok(())
+    }
+
+    /// This site's election timeout in ticks: the preferred site's is the lease itself, every
+    /// other site's a few ticks longer, by its rank, so that elections rarely split and the
+    /// preferred site wins those it takes part in.
+    fn election_timeout_ticks(&self) -> usize {
+        let mut others: Vec<u64> =
+            self.sites.iter().map(|s| s.id).filter(|&id| id != self.preferred_site).collect();
+        others.sort_unstable();
+        let rank = if self.site_id == self.preferred_site {
+            0
+        } else {
+            1 + others.iter().position(|&id| id == self.site_id).unwrap_or(0)
+        };
+        let step = (self.election_ticks / 4).max(1);
+        (self.election_ticks + rank * step).min(2 * self.election_ticks - 1)
+    }
+}
+
+/// A site's state as `GetStatus` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub site_id: u64,
+    pub replica: ReplicaStatus,
+    pub leader_address: Option<String>,
+    pub digest: u128,
+    pub accounts: u64,
+    pub timestamp_last: Timestamp,
+    pub queued_commands: u64,
+    /// On the primary: (site, match index) for every site.
+    pub progress: Vec<(u64, u64)>,
+    pub last_change: String,
+    pub last_change_unix_ms: u64,
+}
+
+/// What a finished switchover reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchoverDone {
+    pub leader: u64,
+    pub term: u64,
+    pub pause: Duration,
+}
+
+type ResultsTx = oneshot::Sender<Result<Vec<ResultCode>, NodeError>>;
+
+enum Input {
+    Commands {
+        commands: Vec<Command>,
+        reply: ResultsTx,
+    },
+    LookupAccounts {
+        ids: Vec<u128>,
+        reply: oneshot::Sender<Result<Vec<Account>, NodeError>>,
+    },
+    LookupTransfers {
+        ids: Vec<u128>,
+        reply: oneshot::Sender<Result<Vec<Transfer>, NodeError>>,
+    },
+    Status {
+        reply: oneshot::Sender<ClusterStatus>,
+    },
+    Switchover {
+        to: u64,
+        reply: oneshot::Sender<Result<SwitchoverDone, NodeError>>,
+    },
+    /// Messages from a peer, counted in `Shared::inbox`.
+    Peer(Vec<Message>),
+    /// A peer could not be reached; `snapshot` if the lost messages held one.
+    Unreachable {
+        to: u64,
+        snapshot: bool,
+    },
+    SnapshotDelivered {
+        to: u64,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Set while this site leads; the statement reads check it.
+    leader: AtomicU64,
+    applied_index: AtomicU64,
+    inbox: AtomicUsize,
+    known_leader: Mutex<Option<u64>>,
+}
+
+/// A running site of a group. Handlers call it from any task.
+#[derive(Debug)]
+pub struct ClusterNode {
+    inputs: Sender<Input>,
+    queued: Arc<AtomicUsize>,
+    queue_max: usize,
+    batch_max: usize,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    sites: Vec<Site>,
+    site_id: u64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ClusterNode {
+    /// Opens the store and the raft log, rebuilds the ledger from the kept snapshot and the
+    /// committed log, and starts the driver and one sender per peer on `runtime`.
+    pub fn start(
+        config: ClusterConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<ClusterNode, StartError> {
+        config.check().map_err(StartError::Config)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
+        let started = Instant::now();
+        let store = Arc::new(Store::open(&config.data_dir, &config.store)?);
+        store.start_compactions()?;
+        let voters: Vec<u64> = config.sites.iter().map(|s| s.id).collect();
+        let log = RaftLog::open(Arc::clone(&store), &voters)?;
+        let mut replica_config =
+            ReplicaConfig::new(config.site_id, voters, config.election_timeout_ticks());
+        replica_config.heartbeat_ticks = config.heartbeat_ticks;
+        replica_config.election_ticks = config.election_ticks;
+        replica_config.snapshot_every = config.snapshot_every;
+        replica_config.log_keep = config.log_keep;
+        replica_config.ledger = LedgerConfig { track_changes: true, ..config.ledger.clone() };
+        let mut replica = Replica::new(&replica_config, log)
+            .map_err(|e| StartError::Restore(format!("replica: {e}")))?;
+        // The committed entries after the snapshot are applied in the first ready.
+        let mut out = Output::default();
+        replica.handle_ready(&mut out).map_err(|e| StartError::Restore(format!("replay: {e}")))?;
+        let status = replica.status();
+        tracing::info!(
+            site = config.site_id,
+            term = status.term,
+            last_index = status.last_index,
+            applied_index = status.applied_index,
+            election_timeout_ms = config.election_timeout_ticks() as u128 * config.tick.as_millis(),
+            digest = format!("{:032x}", replica.ledger().digest()),
+            seconds = started.elapsed().as_secs_f64(),
+            "recovered"
+        );
+
+        let shared = Arc::new(Shared::default());
+        shared.applied_index.store(status.applied_index, Ordering::Relaxed);
+        let (inputs_tx, inputs_rx) = crossbeam_channel::unbounded();
+        let mut peers = HashMap::new();
+        for site in config.sites.iter().filter(|s| s.id != config.site_id) {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+            let endpoint = Endpoint::from_shared(format!("http://{}", site.peer))
+                .map_err(|e| StartError::Config(format!("site {} peer address: {e}", site.id)))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true);
+            let client = PeerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            runtime.spawn(send_to_peer(config.site_id, site.id, client, rx, inputs_tx.clone()));
+            peers.insert(site.id, tx);
+        }
+        let queued = Arc::new(AtomicUsize::new(0));
+        let driver = Driver {
+            replica,
+            store: Arc::clone(&store),
+            inputs: inputs_rx,
+            peers,
+            queued: Arc::clone(&queued),
+            shared: Arc::clone(&shared),
+            sites: config.sites.clone(),
+            site_id: config.site_id,
+            tick: config.tick,
+            batch_max: config.ledger.batch_commands_max,
+            pending: BTreeMap::new(),
+            deferred_reads: Vec::new(),
+            reads_term: 0,
+            switchover: None,
+            last_role: (status.role, status.leader, status.term),
+            last_change: format!("started as {:?} in term {}", status.role, status.term),
+            last_change_unix_ms: unix_ms(),
+            carry: None,
+            early: out,
+        };
+        let thread = std::thread::Builder::new()
+            .name("hazina-driver".into())
+            .spawn(move || driver.run())
+            .map_err(|e| StartError::Config(format!("driver thread: {e}")))?;
+        Ok(ClusterNode {
+            inputs: inputs_tx,
+            queued,
+            queue_max: config.queue_commands_max,
+            batch_max: config.ledger.batch_commands_max,
+            store,
+            shared,
+            sites: config.sites,
+            site_id: config.site_id,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, input: Input, n: usize) -> Result<(), NodeError> {
+        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
+        if queued > self.queue_max {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            metrics::counter!("hazina_requests_rejected_total", "reason" => "overloaded")
+                .increment(1);
+            return Err(NodeError::Overloaded { queued: queued - n, max: self.queue_max });
+        }
+        self.inputs.send(input).map_err(|_| {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            NodeError::Stopped
+        })
+    }
+
+    /// Replicates `commands` as part of the next entry and returns their results once the entry
+    /// is committed (durable on two sites) and applied here.
+    pub async fn execute(&self, commands: Vec<Command>) -> Result<Vec<ResultCode>, NodeError> {
+        let n = commands.len();
+        if n > self.batch_max {
+            return Err(NodeError::TooLarge { commands: n, max: self.batch_max });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Commands { commands, reply }, n.max(1))?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn lookup_accounts(&self, ids: Vec<u128>) -> Result<Vec<Account>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let n = ids.len().max(1);
+        self.send(Input::LookupAccounts { ids, reply }, n)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn lookup_transfers(&self, ids: Vec<u128>) -> Result<Vec<Transfer>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let n = ids.len().max(1);
+        self.send(Input::LookupTransfers { ids, reply }, n)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Status { reply }, 1)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    pub async fn switchover(&self, to: u64) -> Result<SwitchoverDone, NodeError> {
+        if !self.sites.iter().any(|s| s.id == to) {
+            return Err(NodeError::Invalid(format!("to_site: there is no site {to}")));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Input::Switchover { to, reply }, 1)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// A page of an account's statement, from this site's storage. Only the primary answers:
+    /// a standby's statement may lag.
+    pub fn history(
+        &self,
+        account: u128,
+        from: Timestamp,
+        limit: usize,
+    ) -> Result<HistoryPage, NodeError> {
+        if self.shared.leader.load(Ordering::Relaxed) != self.site_id {
+            return Err(self.not_leader());
+        }
+        self.store.history(account, from, limit).map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
+    fn not_leader(&self) -> NodeError {
+        let leader = *self.shared.known_leader.lock();
+        not_leader(&self.sites, leader)
+    }
+
+    /// Hands raft messages from a peer to the driver, unless too many are waiting.
+    pub fn step(&self, from: u64, messages: Vec<Message>) -> Result<(), NodeError> {
+        if !self.sites.iter().any(|s| s.id == from && s.id != self.site_id) {
+            return Err(NodeError::Invalid(format!(
+                "from_site: {from} is not a peer of this site"
+            )));
+        }
+        if let Some(m) = messages.iter().find(|m| m.from != from || m.to != self.site_id) {
+            return Err(NodeError::Invalid(format!(
+                "a message from {} to {} in a request from site {from} to site {}",
+                m.from, m.to, self.site_id
+            )));
+        }
+        let n = messages.len();
+        let waiting = self.shared.inbox.fetch_add(n, Ordering::Relaxed) + n;
+        if waiting > PEER_INBOX_MESSAGES_MAX {
+            self.shared.inbox.fetch_sub(n, Ordering::Relaxed);
+            return Err(NodeError::Overloaded {
+                queued: waiting - n,
+                max: PEER_INBOX_MESSAGES_MAX,
+            });
+        }
+        self.inputs.send(Input::Peer(messages)).map_err(|_| {
+            self.shared.inbox.fetch_sub(n, Ordering::Relaxed);
+            NodeError::Stopped
+        })
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.shared.applied_index.load(Ordering::Relaxed)
+    }
+
+    /// Stops the driver (answering what is queued with `Stopped` or `NotLeader`) and joins it.
+    pub fn shutdown(&self) {
+        let _ = self.inputs.send(Input::Shutdown);
+        if let Some(thread) = self.thread.lock().take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the driver thread panicked");
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn not_leader(sites: &[Site], leader: Option<u64>) -> NodeError {
+    let address = leader.and_then(|id| sites.iter().find(|s| s.id == id)).map(|s| s.api.clone());
+    NodeError::NotLeader { leader, address }
+}
+
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_nanos() -> Timestamp {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Sends one peer its messages, in order, batching what queued meanwhile. A failed call is
+/// reported so that raft backs off from the peer (and resends a snapshot it lost).
+async fn send_to_peer(
+    from: u64,
+    to: u64,
+    mut client: PeerClient<Channel>,
+    mut queue: mpsc::Receiver<Message>,
+    reports: Sender<Input>,
+) {
+    let mut batch = Vec::with_capacity(PEER_BATCH_MESSAGES_MAX);
+    while queue.recv_many(&mut batch, PEER_BATCH_MESSAGES_MAX).await > 0 {
+        let snapshot = batch.iter().any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        let request = StepRequest {
+            from_site: from,
+            messages: batch.iter().map(|m| wire::encode(m).into()).collect(),
+        };
+        batch.clear();
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(if snapshot {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(1)
+        });
+        let outcome: Result<tonic::Response<StepReply>, tonic::Status> = client.step(request).await;
+        let report = match outcome {
+            Ok(_) if snapshot => Some(Input::SnapshotDelivered { to }),
+            Ok(_) => None,
+            Err(status) => {
+                tracing::debug!(to, code = ?status.code(), "peer unreachable");
+                metrics::counter!("hazina_peer_send_failures_total", "to" => to.to_string())
+                    .increment(1);
+                Some(Input::Unreachable { to, snapshot })
+            }
+        };
+        if let Some(report) = report
+            && reports.send(report).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// An entry this leader proposed and the callers waiting for it.
+struct PendingEntry {
+    term: u64,
+    calls: Vec<(ResultsTx, std::ops::Range<usize>)>,
+    creating: usize,
+}
+
+#[derive(Default)]
+struct Round {
+    commands: Vec<Command>,
+    calls: Vec<(ResultsTx, std::ops::Range<usize>)>,
+    creating: usize,
+    taken: usize,
+    stop: bool,
+}
+
+struct SwitchoverWait {
+    to: u64,
+    started: Instant,
+    reply: oneshot::Sender<Result<SwitchoverDone, NodeError>>,
+}
+
+enum Read {
+    Accounts(Vec<u128>, oneshot::Sender<Result<Vec<Account>, NodeError>>),
+    Transfers(Vec<u128>, oneshot::Sender<Result<Vec<Transfer>, NodeError>>),
+}
+
+struct Driver {
+    replica: Replica<RaftLog>,
+    store: Arc<Store>,
+    inputs: Receiver<Input>,
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    sites: Vec<Site>,
+    site_id: u64,
+    tick: Duration,
+    batch_max: usize,
+    /// By log index.
+    pending: BTreeMap<u64, PendingEntry>,
+    /// Reads that arrived before this new primary applied an entry of its term.
+    deferred_reads: Vec<Read>,
+    /// The term in which this site, as primary, applied an entry of its own: reads are served
+    /// when it equals the current term.
+    reads_term: u64,
+    switchover: Option<SwitchoverWait>,
+    last_role: (StateRole, Option<u64>, u64),
+    last_change: String,
+    last_change_unix_ms: u64,
+    carry: Option<Input>,
+    /// What recovery's first ready produced: sent and stored in the first round.
+    early: Output,
+}
+
+impl Driver {
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        let early = std::mem::take(&mut self.early);
+        self.finish_ready(early);
+        loop {
+            let mut round = Round::default();
+            let first = match self.carry.take() {
+                Some(input) => Some(input),
+                None => match self
+                    .inputs
+                    .recv_timeout(next_tick.saturating_duration_since(Instant::now()))
+                {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if let Some(input) = first {
+                self.take(&mut round, input);
+            }
+            let mut taken = 1;
+            while self.carry.is_none() && !round.stop && taken < ROUND_INPUTS_MAX {
+                match self.inputs.try_recv() {
+                    Ok(input) => self.take(&mut round, input),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+                taken += 1;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.replica.tick();
+                next_tick += self.tick;
+                if next_tick < now {
+                    // Far behind (a long write): tick once, not a burst that would read as a
+                    // long silence from the leader.
+                    next_tick = now + self.tick;
+                }
+            }
+            self.queued.fetch_sub(round.taken, Ordering::Relaxed);
+            metrics::gauge!("hazina_queue_commands")
+                .set(self.queued.load(Ordering::Relaxed) as f64);
+            let stop = round.stop;
+            self.propose(round);
+            self.ready();
+            if stop {
+                break;
+            }
+        }
+        let leader = self.replica.status().leader;
+        for (_, entry) in std::mem::take(&mut self.pending) {
+            for (reply, _) in entry.calls {
+                let _ = reply.send(Err(NodeError::Stopped));
+            }
+        }
+        for read in std::mem::take(&mut self.deferred_reads) {
+            self.refuse_read(read, &not_leader(&self.sites, leader));
+        }
+        tracing::info!(site = self.site_id, "driver stopped");
+    }
+
+    fn take(&mut self, round: &mut Round, input: Input) {
+        match input {
+            Input::Commands { commands, reply } => {
+                if !round.commands.is_empty()
+                    && round.commands.len() + commands.len() > self.batch_max
+                {
+                    self.carry = Some(Input::Commands { commands, reply });
+                    return;
+                }
+                round.taken += commands.len().max(1);
+                if commands.is_empty() {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                }
+                let creating =
+                    commands.iter().filter(|c| matches!(c, Command::CreateAccount(_))).count();
+                let ledger = self.replica.ledger();
+                let accounts = ledger.accounts_count();
+                let in_flight: usize = self.pending.values().map(|p| p.creating).sum();
+                let max = ledger.config().accounts_max;
+                if creating > 0 && accounts + in_flight + round.creating + creating > max {
+                    let _ = reply.send(Err(NodeError::AccountsFull { accounts, max }));
+                    return;
+                }
+                round.creating += creating;
+                let start = round.commands.len();
+                round.commands.extend(commands);
+                round.calls.push((reply, start..round.commands.len()));
+            }
+            Input::LookupAccounts { ids, reply } => {
+                round.taken += ids.len().max(1);
+                self.read(Read::Accounts(ids, reply));
+            }
+            Input::LookupTransfers { ids, reply } => {
+                round.taken += ids.len().max(1);
+                self.read(Read::Transfers(ids, reply));
+            }
+            Input::Status { reply } => {
+                round.taken += 1;
+                let _ = reply.send(self.status());
+            }
+            Input::Switchover { to, reply } => {
+                round.taken += 1;
+                self.start_switchover(to, reply);
+            }
+            Input::Peer(messages) => {
+                self.shared.inbox.fetch_sub(messages.len(), Ordering::Relaxed);
+                for message in messages {
+                    // Stale and unknown messages are raft's to drop.
+                    if let Err(e) = self.replica.step(message) {
+                        tracing::debug!(error = %e, "peer message dropped");
+                    }
+                }
+            }
+            Input::Unreachable { to, snapshot } => {
+                self.replica.report_unreachable(to);
+                if snapshot {
+                    self.replica.report_snapshot(to, false);
+                }
+            }
+            Input::SnapshotDelivered { to } => self.replica.report_snapshot(to, true),
+            Input::Shutdown => round.stop = true,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.replica.status().role == StateRole::Leader
+    }
+
+    fn read(&mut self, read: Read) {
+        let status = self.replica.status();
+        if status.role != StateRole::Leader {
+            self.refuse_read(read, &not_leader(&self.sites, status.leader));
+        } else if self.reads_term != status.term {
+            self.deferred_reads.push(read);
+        } else {
+            self.answer_read(read);
+        }
+    }
+
+    fn refuse_read(&self, read: Read, error: &NodeError) {
+        let _ = match read {
+            Read::Accounts(_, reply) => reply.send(Err(error.clone())).map_err(drop),
+            Read::Transfers(_, reply) => reply.send(Err(error.clone())).map_err(drop),
+        };
+    }
+
+    fn answer_read(&self, read: Read) {
+        let ledger = self.replica.ledger();
+        let _ = match read {
+            Read::Accounts(ids, reply) => {
+                let found = ids.iter().filter_map(|&id| ledger.account(id)).collect();
+                reply.send(Ok(found)).map_err(drop)
+            }
+            Read::Transfers(ids, reply) => {
+                // Every record is resident on a replicated site (ClusterConfig::check).
+                let found = ids.iter().filter_map(|&id| ledger.transfer(id)).collect();
+                reply.send(Ok(found)).map_err(drop)
+            }
+        };
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let replica = self.replica.status();
+        let ledger = self.replica.ledger();
+        let leader_address = replica
+            .leader
+            .and_then(|id| self.sites.iter().find(|s| s.id == id))
+            .map(|s| s.api.clone());
+        ClusterStatus {
+            site_id: self.site_id,
+            replica,
+            leader_address,
+            digest: ledger.digest(),
+            accounts: ledger.accounts_count() as u64,
+            timestamp_last: ledger.timestamp_last(),
+            queued_commands: self.queued.load(Ordering::Relaxed) as u64,
+            progress: self.replica.progress(),
+            last_change: self.last_change.clone(),
+            last_change_unix_ms: self.last_change_unix_ms,
+        }
+    }
+
+    fn start_switchover(
+        &mut self,
+        to: u64,
+        reply: oneshot::Sender<Result<SwitchoverDone, NodeError>>,
+    ) {
+        let status = self.replica.status();
+        if status.role != StateRole::Leader {
+            let _ = reply.send(Err(not_leader(&self.sites, status.leader)));
+            return;
+        }
+        if to == self.site_id {
+            let done = SwitchoverDone { leader: to, term: status.term, pause: Duration::ZERO };
+            let _ = reply.send(Ok(done));
+            return;
+        }
+        if self.switchover.is_some() {
+            let _ = reply.send(Err(NodeError::Busy("a switchover is already under way".into())));
+            return;
+        }
+        tracing::info!(to, "switchover requested");
+        self.replica.transfer_leader(to);
+        self.switchover = Some(SwitchoverWait { to, started: Instant::now(), reply });
+    }
+
+    fn propose(&mut self, round: Round) {
+        if round.commands.is_empty() {
+            return;
+        }
+        match self.replica.propose(now_nanos(), round.commands) {
+            Ok(proposal) => {
+                self.pending.insert(
+                    proposal.index,
+                    PendingEntry {
+                        term: proposal.term,
+                        calls: round.calls,
+                        creating: round.creating,
+                    },
+                );
+            }
+            Err(e) => {
+                let error = match e {
+                    ProposeError::NotLeader { leader } => not_leader(&self.sites, leader),
+                    ProposeError::Busy(why) => NodeError::Busy(why),
+                    ProposeError::Invalid(why) => NodeError::Invalid(why),
+                };
+                for (reply, _) in round.calls {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn ready(&mut self) {
+        let mut out = Output::default();
+        if let Err(e) = self.replica.handle_ready(&mut out) {
+            // The log or the ledger cannot go on: stop, and let a restart recover from the log.
+            tracing::error!(error = %e, "replica failed; stopping");
+            eprintln!("hazinad: replica failed: {e}; stopping");
+            std::process::abort();
+        }
+        self.finish_ready(out);
+    }
+
+    fn finish_ready(&mut self, mut out: Output) {
+        for message in std::mem::take(&mut out.messages) {
+            let to = message.to;
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let sent = self.peers.get(&to).is_some_and(|tx| tx.try_send(message).is_ok());
+            if !sent {
+                self.replica.report_unreachable(to);
+                if snapshot {
+                    self.replica.report_snapshot(to, false);
+                }
+            }
+        }
+        if let Some((index, digest)) = out.installed_snapshot {
+            tracing::info!(index, digest = format!("{digest:032x}"), "installed a snapshot");
+        }
+        if !out.applied.is_empty() {
+            self.store_applied(&out);
+        }
+        let status = self.replica.status();
+        for applied in out.applied {
+            if status.role == StateRole::Leader && applied.term == status.term {
+                self.reads_term = status.term;
+            }
+            let Some(entry) = self.pending.remove(&applied.index) else { continue };
+            if entry.term != applied.term || !applied.acknowledged {
+                // Another leader's entry took this index: the proposal was lost.
+                let error = not_leader(&self.sites, status.leader);
+                for (reply, _) in entry.calls {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            if let Some(refused) = applied.refused {
+                let error = NodeError::Refused(refused.to_string());
+                for (reply, _) in entry.calls {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                continue;
+            }
+            for (reply, range) in entry.calls {
+                let _ = reply.send(Ok(applied.results[range].to_vec()));
+            }
+        }
+        self.after_changes(status);
+    }
+
+    /// Writes what the applied entries changed (statements, records, accounts), so that
+    /// `GetAccountHistory` finds it, before any caller hears of it.
+    fn store_applied(&mut self, out: &Output) {
+        let mut changes = Changes::default();
+        self.replica.take_changes(&mut changes.accounts, &mut changes.transfers);
+        let last = out.applied.last().expect("called with applied entries");
+        let ledger = self.replica.ledger();
+        let mut commands = Vec::new();
+        for applied in &out.applied {
+            if applied.data.is_empty() || applied.refused.is_some() {
+                continue;
+            }
+            if let Ok(entry) = hazina_core::codec::decode_entry(&applied.data) {
+                if entry.commands.iter().any(|c| matches!(c, Command::SetLimitProfile { .. })) {
+                    changes.profiles = Some(ledger.limit_profiles());
+                }
+                if self.is_leader() {
+                    count_results(&entry.commands, &applied.results);
+                }
+                commands.push(entry.commands.len());
+            }
+        }
+        let applied = Applied {
+            index: last.index,
+            term: last.term,
+            transfers_digest: ledger.transfers_digest(),
+            timestamp_last: ledger.timestamp_last(),
+        };
+        if let Err(e) = self.store.write_state(&applied, &changes) {
+            tracing::error!(error = %e, "writing the state failed; stopping");
+            eprintln!("hazinad: writing the state failed: {e}; stopping");
+            std::process::abort();
+        }
+        self.shared.applied_index.store(last.index, Ordering::Relaxed);
+        metrics::gauge!("hazina_applied_index").set(last.index as f64);
+        for n in commands {
+            metrics::histogram!("hazina_batch_commands").record(n as f64);
+        }
+    }
+
+    /// Notices changes of role and primary, fails what a lost leadership cannot answer, and
+    /// finishes a switchover.
+    fn after_changes(&mut self, status: ReplicaStatus) {
+        let now = (status.role, status.leader, status.term);
+        if now != self.last_role {
+            let (was_role, was_leader, _) = self.last_role;
+            self.last_role = now;
+            *self.shared.known_leader.lock() = status.leader;
+            self.shared.leader.store(
+                if status.role == StateRole::Leader { self.site_id } else { 0 },
+                Ordering::Relaxed,
+            );
+            metrics::gauge!("hazina_term").set(status.term as f64);
+            metrics::gauge!("hazina_is_primary").set(if status.role == StateRole::Leader {
+                1.0
+            } else {
+                0.0
+            });
+            if status.leader != was_leader && status.leader.is_some() {
+                let leader = status.leader.unwrap_or(0);
+                let by_operator = self.switchover.as_ref().is_some_and(|s| s.to == leader)
+                    || (was_role == StateRole::Leader && self.switchover.is_some());
+                self.last_change = if by_operator {
+                    format!(
+                        "switchover to site {leader} in term {} requested by an operator",
+                        status.term
+                    )
+                } else {
+                    format!("site {leader} elected in term {}", status.term)
+                };
+                self.last_change_unix_ms = unix_ms();
+                tracing::info!(leader, term = status.term, change = %self.last_change, "primary changed");
+            }
+            if status.role != StateRole::Leader {
+                // Entries proposed here may still commit under the new leader, or may not:
+                // the callers resend with the same ids, which is safe either way.
+                let error = not_leader(&self.sites, status.leader);
+                for (_, entry) in std::mem::take(&mut self.pending) {
+                    for (reply, _) in entry.calls {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                for read in std::mem::take(&mut self.deferred_reads) {
+                    self.refuse_read(read, &error);
+                }
+            }
+        }
+        if status.role == StateRole::Leader && self.reads_term == status.term {
+            for read in std::mem::take(&mut self.deferred_reads) {
+                self.answer_read(read);
+            }
+        }
+        if let Some(wait) = self.switchover.take() {
+            if status.leader == Some(wait.to) {
+                let done = SwitchoverDone {
+                    leader: wait.to,
+                    term: status.term,
+                    pause: wait.started.elapsed(),
+                };
+                tracing::info!(to = wait.to, pause_ms = done.pause.as_millis(), "switchover done");
+                let _ = wait.reply.send(Ok(done));
+            } else if wait.started.elapsed() > SWITCHOVER_TIMEOUT
+                || (status.role != StateRole::Leader && status.leader.is_some())
+            {
+                let _ = wait.reply.send(Err(NodeError::Busy(format!(
+                    "the switchover to site {} did not happen (primary now {:?})",
+                    wait.to, status.leader
+                ))));
+            } else {
+                self.switchover = Some(wait);
+            }
+        }
+    }
+}
