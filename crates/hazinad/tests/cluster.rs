@@ -2,7 +2,10 @@
 //! that follow the primary:
 //! - the primary is killed with SIGKILL: a standby takes over, writes go on, and once the
 //!   killed site is back and has caught up every site holds the same state;
-//! - an operator switches the primary to a standby and back, under load.
+//! - an operator switches the primary to a standby and back, under load;
+//! - the primary is cut off from both standbys (its raft traffic runs through forwarders the
+//!   test cuts) while its callers still reach it: it acknowledges nothing it cannot stand
+//!   behind, steps down, and when the links heal rejoins as a standby.
 //!
 //! After each: every acknowledged transfer is on the primary with the outcome its caller was
 //! given, money is conserved, and every site reaches the same applied index and digest. The
@@ -291,4 +294,38 @@ async fn switchover_under_load_moves_the_primary_and_back() {
         Some(cluster.api[0].as_str()),
         "{status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_primary_acknowledges_nothing_more_and_rejoins_as_a_standby() {
+    let seed = seed();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let cluster = Cluster::start_with_links(dir.path(), FLAGS).await;
+    let primary = cluster.primary(Duration::from_secs(20)).await;
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    setup(&client).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (load, began, tasks) = start_load(&client, seed, &stop);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Cut off from both standbys, the primary still hears its callers: it must not answer
+    // them with results, and steps down once it misses a quorum.
+    let cut_at = u64::try_from(began.elapsed().as_millis()).expect("ms");
+    cluster.isolate(primary, true);
+    let resumed = writes_resume(&load, cut_at, Duration::from_secs(15)).await;
+    println!("primary {primary} cut off; writes answered again after {} ms", resumed - cut_at);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let statuses = cluster.statuses().await;
+    let old = statuses[usize::try_from(primary - 1).expect("small")].as_ref().expect("answers");
+    assert_ne!(old.role, hazina_client::proto::v1::Role::Primary as i32, "{old:?}");
+    cluster.isolate(primary, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    let new_primary = cluster.primary(Duration::from_secs(10)).await;
+    assert_ne!(new_primary, primary, "pre-vote keeps the rejoining site from taking over");
+    cluster.converged(Duration::from_secs(30)).await;
+    verify(&client, &load).await;
 }

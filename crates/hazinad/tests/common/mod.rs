@@ -111,12 +111,70 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
 }
 
+/// A TCP forwarder on 127.0.0.1 standing for one direction of a link between two sites: cut,
+/// it drops its connections and every new one, as a network partition would.
+#[derive(Debug)]
+pub struct Link {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Forwards connections on a free port to `target`. Needs a tokio runtime.
+    pub async fn start(target: String) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a link");
+        let addr = listener.local_addr().expect("bound").to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (cut_a, connections_a) =
+            (std::sync::Arc::clone(&cut), std::sync::Arc::clone(&connections));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut_a.load(Ordering::SeqCst) {
+                    continue; // dropped: the peer sees a reset
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut open = connections_a.lock();
+                open.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                open.push(task);
+            }
+        });
+        Link { addr, cut, connections, accept }
+    }
+
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for task in self.connections.lock().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set_cut(true);
+    }
+}
+
 /// Three `hazinad` sites of one group on 127.0.0.1, each with its own data folder.
 #[derive(Debug)]
 pub struct Cluster {
     pub sites: Vec<Option<Server>>,
-    /// `--site` values, the same for every site.
-    site_args: Vec<String>,
+    /// `--site` values for each site (its own view of where the others' peer ports are).
+    site_args: Vec<Vec<String>>,
+    /// With links: `links[(from, to)]` carries raft traffic from site `from` to site `to`.
+    pub links: std::collections::BTreeMap<(u64, u64), Link>,
     pub api: Vec<String>,
     dir: PathBuf,
     extra: Vec<String>,
@@ -126,11 +184,12 @@ impl Cluster {
     pub fn start(dir: &Path, extra: &[&str]) -> Cluster {
         let ports = free_ports(6);
         let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
-        let site_args =
+        let list: Vec<String> =
             (0..3).map(|i| format!("{}={},127.0.0.1:{}", i + 1, api[i], ports[3 + i])).collect();
         let mut cluster = Cluster {
             sites: Vec::new(),
-            site_args,
+            site_args: vec![list; 3],
+            links: std::collections::BTreeMap::new(),
             api,
             dir: dir.to_owned(),
             extra: extra.iter().map(|&s| s.to_owned()).collect(),
@@ -142,15 +201,66 @@ impl Cluster {
         cluster
     }
 
+    /// Like [`Cluster::start`], but raft traffic between every two sites goes through a
+    /// [`Link`] that the test can cut. Needs a tokio runtime.
+    pub async fn start_with_links(dir: &Path, extra: &[&str]) -> Cluster {
+        let ports = free_ports(6);
+        let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
+        let peer: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[3 + i])).collect();
+        let mut links = std::collections::BTreeMap::new();
+        for from in 1..=3u64 {
+            for to in (1..=3u64).filter(|&to| to != from) {
+                let target = peer[usize::try_from(to - 1).expect("small")].clone();
+                links.insert((from, to), Link::start(target).await);
+            }
+        }
+        let mut site_args = Vec::new();
+        for from in 1..=3u64 {
+            let list = (1..=3u64)
+                .map(|to| {
+                    let i = usize::try_from(to - 1).expect("small");
+                    // A site's own entry names its real peer port, which it listens on.
+                    let peer_addr =
+                        if to == from { peer[i].clone() } else { links[&(from, to)].addr.clone() };
+                    format!("{to}={},{peer_addr}", api[i])
+                })
+                .collect();
+            site_args.push(list);
+        }
+        let mut cluster = Cluster {
+            sites: Vec::new(),
+            site_args,
+            links,
+            api,
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|&s| s.to_owned()).collect(),
+        };
+        for site in 1..=3 {
+            let server = cluster.spawn(site);
+            cluster.sites.push(Some(server));
+        }
+        cluster
+    }
+
+    /// Cuts (or heals) every link to and from `site`: it can still be called by clients, but
+    /// not reach the other sites.
+    pub fn isolate(&self, site: u64, cut: bool) {
+        for (&(from, to), link) in &self.links {
+            if from == site || to == site {
+                link.set_cut(cut);
+            }
+        }
+    }
+
     fn spawn(&self, site: u64) -> Server {
         let mut args: Vec<String> = vec!["--site-id".into(), site.to_string()];
-        for s in &self.site_args {
+        let index = usize::try_from(site - 1).expect("a small site id");
+        for s in &self.site_args[index] {
             args.push("--site".into());
             args.push(s.clone());
         }
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let index = usize::try_from(site - 1).expect("a small site id");
         Server::start_on(&self.dir.join(format!("site{site}")), &self.api[index], &args)
     }
 
