@@ -555,17 +555,34 @@ impl Ledger {
 
     /// Every account, ordered by id.
     pub fn accounts(&self) -> Vec<Account> {
-        let mut all: Vec<Account> =
-            self.shards.iter().flat_map(|s| s.lock().accounts.clone()).collect();
+        let mut all = self.accounts_unordered();
         all.sort_unstable_by_key(|a| a.id);
+        all
+    }
+
+    /// Every account, in partition and slot order: [`Ledger::accounts`] without the sort, for
+    /// a copy that must be quick (a snapshot's, sorted later on another thread).
+    pub fn accounts_unordered(&self) -> Vec<Account> {
+        let mut all = Vec::with_capacity(self.accounts_count());
+        for shard in &self.shards {
+            all.extend_from_slice(&shard.lock().accounts);
+        }
         all
     }
 
     /// Every resident transfer record, ordered by id.
     pub fn transfers(&self) -> Vec<Transfer> {
-        let mut all: Vec<Transfer> =
-            self.transfers.iter().flat_map(|t| t.records().copied()).collect();
+        let mut all = self.transfers_unordered();
         all.sort_unstable_by_key(|t| t.new.id);
+        all
+    }
+
+    /// Every resident transfer record, in storage order: [`Ledger::transfers`] without the sort.
+    pub fn transfers_unordered(&self) -> Vec<Transfer> {
+        let mut all = Vec::with_capacity(self.transfers_resident());
+        for shard in &self.transfers {
+            all.extend(shard.records().copied());
+        }
         all
     }
 

@@ -16,5 +16,6 @@ pub use raft;
 pub use raft::StateRole;
 pub use raft::eraftpb::Message;
 pub use replica::{
-    Applied, Output, Proposal, ProposeError, Replica, ReplicaConfig, ReplicaError, ReplicaStatus,
+    Applied, EntrySummary, Output, Proposal, ProposeError, Replica, ReplicaConfig, ReplicaError,
+    ReplicaStatus, SnapshotJob,
 };

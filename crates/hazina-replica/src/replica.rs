@@ -43,6 +43,14 @@ pub struct ReplicaConfig {
     pub inflight_appends_max: usize,
     /// Entries applied between snapshots of the ledger; 0 never takes one (the log grows).
     pub snapshot_every: u64,
+    /// Bytes of entries applied between snapshots, whichever comes first (0: no such bound).
+    /// Bounds the log in memory when entries are large.
+    pub snapshot_every_bytes: u64,
+    /// Whether the host takes the snapshots ([`Replica::begin_snapshot`], encoding them on a
+    /// thread of its own, then [`Replica::finish_snapshot`]) instead of `handle_ready` taking
+    /// them in line. In line, a replica stops for the encoding: a second for a million
+    /// accounts, long enough for the others to think a primary lost.
+    pub snapshot_by_host: bool,
     /// Entries kept in the log behind a snapshot, for followers a little behind; those further
     /// behind get the snapshot.
     pub log_keep: u64,
@@ -62,6 +70,8 @@ impl ReplicaConfig {
             append_bytes_max: 1 << 20,
             inflight_appends_max: 256,
             snapshot_every: 0,
+            snapshot_every_bytes: 0,
+            snapshot_by_host: false,
             log_keep: 1_000,
             ledger: LedgerConfig::default(),
         }
@@ -122,6 +132,18 @@ pub struct Applied {
     pub refused: Option<ApplyError>,
     /// The ledger's state digest after this entry.
     pub digest: u128,
+    /// What the entry held, for a host's metrics and storage without decoding it again.
+    pub summary: EntrySummary,
+}
+
+/// The shape of an applied entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntrySummary {
+    pub commands: usize,
+    /// Transfers among them that the ledger accepted (`Ok`).
+    pub transfers_ok: u64,
+    /// Whether it set a limit profile (the host stores the profiles again).
+    pub sets_limit_profiles: bool,
 }
 
 /// What one [`Replica::handle_ready`] produced.
@@ -208,9 +230,34 @@ pub struct Replica<S: LogStore> {
     /// log it was computed from.
     stamp_floor: Option<(u64, u64, Timestamp)>,
     snapshot_every: u64,
+    snapshot_every_bytes: u64,
+    /// Bytes of entries applied since the last snapshot.
+    applied_bytes: u64,
+    snapshot_by_host: bool,
     log_keep: u64,
     /// The index of the snapshot the log keeps (0 if none).
     snapshot_index: u64,
+    /// The index of a snapshot the host is encoding, if any.
+    snapshot_taking: Option<u64>,
+}
+
+/// A copy of the ledger at an applied index, for the host to encode
+/// ([`SnapshotJob::encode`]) away from the replica's thread and hand back to
+/// [`Replica::finish_snapshot`].
+#[derive(Debug)]
+pub struct SnapshotJob {
+    pub index: u64,
+    term: u64,
+    conf_state: raft::eraftpb::ConfState,
+    copy: snapshot::LedgerCopy,
+}
+
+impl SnapshotJob {
+    /// The snapshot's bytes (what [`snapshot::decode`] reads). The copy is sorted here, so
+    /// that the replica's thread only copies.
+    pub fn encode(&mut self) -> Vec<u8> {
+        std::mem::replace(&mut self.copy, snapshot::LedgerCopy::empty()).encode()
+    }
 }
 
 impl<S: LogStore> std::fmt::Debug for Replica<S> {
@@ -269,8 +316,12 @@ impl<S: LogStore> Replica<S> {
             applied: snapshot_index,
             stamp_floor: None,
             snapshot_every: config.snapshot_every,
+            snapshot_every_bytes: config.snapshot_every_bytes,
+            applied_bytes: 0,
+            snapshot_by_host: config.snapshot_by_host,
             log_keep: config.log_keep.max(1),
             snapshot_index,
+            snapshot_taking: None,
         })
     }
 
@@ -374,23 +425,59 @@ impl<S: LogStore> Replica<S> {
         Ok(())
     }
 
-    /// Every `snapshot_every` applied entries: keeps a snapshot of the ledger at the applied
-    /// index and drops the log before `log_keep` entries behind it.
+    /// Whether `snapshot_every` entries were applied since the last snapshot.
+    pub fn snapshot_due(&self) -> bool {
+        let by_entries =
+            self.snapshot_every > 0 && self.applied >= self.snapshot_index + self.snapshot_every;
+        let by_bytes =
+            self.snapshot_every_bytes > 0 && self.applied_bytes >= self.snapshot_every_bytes;
+        self.snapshot_taking.is_none() && (by_entries || by_bytes)
+    }
+
+    /// Every `snapshot_every` applied entries, unless the host takes the snapshots: keeps a
+    /// snapshot of the ledger at the applied index and drops the log before `log_keep` entries
+    /// behind it.
     fn maybe_compact(&mut self) -> Result<(), ReplicaError> {
-        if self.snapshot_every == 0 || self.applied < self.snapshot_index + self.snapshot_every {
+        if self.snapshot_by_host || !self.snapshot_due() {
             return Ok(());
         }
+        let mut job = self.begin_snapshot()?;
+        let data = job.encode();
+        self.finish_snapshot(job, data)
+    }
+
+    /// Copies the ledger at the applied index, for a snapshot the host encodes. Until
+    /// [`Replica::finish_snapshot`], no other snapshot is taken.
+    pub fn begin_snapshot(&mut self) -> Result<SnapshotJob, ReplicaError> {
         let index = self.applied;
-        let mut snapshot = Snapshot::default();
-        snapshot.data = snapshot::encode(&self.ledger).into();
+        let term = self.node.raft.raft_log.term(index)?;
         let conf_state = self.node.store().initial_state()?.conf_state;
+        self.snapshot_taking = Some(index);
+        self.applied_bytes = 0;
+        Ok(SnapshotJob { index, term, conf_state, copy: snapshot::LedgerCopy::of(&self.ledger) })
+    }
+
+    /// Gives up the snapshot begun last (its encoding or writing failed); the next is taken
+    /// when due.
+    pub fn abandon_snapshot(&mut self) {
+        self.snapshot_taking = None;
+    }
+
+    /// Keeps the encoded snapshot of `job` and drops the log before `log_keep` entries behind
+    /// it. A job overtaken meanwhile (the leader's snapshot was installed past it) is dropped.
+    pub fn finish_snapshot(&mut self, job: SnapshotJob, data: Vec<u8>) -> Result<(), ReplicaError> {
+        self.snapshot_taking = None;
+        if job.index <= self.snapshot_index {
+            return Ok(());
+        }
+        let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = self.node.raft.raft_log.term(index)?;
-        meta.set_conf_state(conf_state);
-        let compact_to = index.saturating_sub(self.log_keep) + 1;
+        meta.index = job.index;
+        meta.term = job.term;
+        meta.set_conf_state(job.conf_state);
+        let compact_to = job.index.saturating_sub(self.log_keep) + 1;
         self.node.mut_store().compact(snapshot, compact_to)?;
-        self.snapshot_index = index;
+        self.snapshot_index = job.index;
         Ok(())
     }
 
@@ -416,6 +503,7 @@ impl<S: LogStore> Replica<S> {
                 self.node.raft.state == StateRole::Leader && self.node.raft.term == term;
             self.results.clear();
             let mut refused = None;
+            let mut summary = EntrySummary::default();
             if !entry.data.is_empty() {
                 let payload = codec::decode_entry(&entry.data)
                     .map_err(|error| ReplicaError::Codec { index, error })?;
@@ -434,9 +522,21 @@ impl<S: LogStore> Replica<S> {
                 {
                     self.results.clear();
                     refused = Some(error);
+                } else {
+                    summary.commands = payload.commands.len();
+                    for (command, &result) in payload.commands.iter().zip(&self.results) {
+                        match command {
+                            Command::CreateTransfer(_) if result == ResultCode::Ok => {
+                                summary.transfers_ok += 1;
+                            }
+                            Command::SetLimitProfile { .. } => summary.sets_limit_profiles = true,
+                            _ => {}
+                        }
+                    }
                 }
             }
             self.applied = index;
+            self.applied_bytes += entry.data.len() as u64;
             out.applied.push(Applied {
                 index,
                 term,
@@ -445,6 +545,7 @@ impl<S: LogStore> Replica<S> {
                 results: self.results.clone(),
                 refused,
                 digest: self.ledger.digest(),
+                summary,
             });
         }
         Ok(())

@@ -12,36 +12,75 @@ const VERSION: u8 = 1;
 const PROFILE_BYTES: usize = 4 + 4 * 16;
 
 /// Encodes the ledger's whole state. Holds only when every record is resident
-/// (`transfers_generation_max` = 0), as in the simulation; `hazinad` will ship its RocksDB
-/// checkpoint instead.
+/// (`transfers_generation_max` = 0), as on a replicated site.
 pub fn encode(ledger: &Ledger) -> Vec<u8> {
-    let accounts = ledger.accounts();
-    let profiles = ledger.limit_profiles();
-    let transfers = ledger.transfers();
-    let mut out = Vec::with_capacity(
-        64 + accounts.len() * ACCOUNT_BYTES
-            + profiles.len() * PROFILE_BYTES
-            + transfers.len() * TRANSFER_BYTES,
-    );
-    out.push(VERSION);
-    out.extend_from_slice(&ledger.transfers_digest().to_le_bytes());
-    out.extend_from_slice(&ledger.timestamp_last().to_le_bytes());
-    out.extend_from_slice(&(accounts.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(profiles.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(transfers.len() as u64).to_le_bytes());
-    for account in &accounts {
-        codec::encode_account(account, &mut out);
-    }
-    for (id, p) in &profiles {
-        out.extend_from_slice(&id.to_le_bytes());
-        for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
-            out.extend_from_slice(&limit.to_le_bytes());
+    LedgerCopy::of(ledger).encode()
+}
+
+/// A copy of a ledger's state, taken at once and encoded later, on another thread, so that the
+/// replica that took it need not stop for the encoding (a million accounts take a second).
+#[derive(Clone, Debug)]
+pub struct LedgerCopy {
+    accounts: Vec<hazina_core::Account>,
+    profiles: BTreeMap<u32, LimitProfile>,
+    transfers: Vec<hazina_core::Transfer>,
+    transfers_digest: u128,
+    timestamp_last: u64,
+}
+
+impl LedgerCopy {
+    pub fn of(ledger: &Ledger) -> LedgerCopy {
+        LedgerCopy {
+            accounts: ledger.accounts_unordered(),
+            profiles: ledger.limit_profiles(),
+            transfers: ledger.transfers_unordered(),
+            transfers_digest: ledger.transfers_digest(),
+            timestamp_last: ledger.timestamp_last(),
         }
     }
-    for transfer in &transfers {
-        codec::encode_transfer(transfer, &mut out);
+
+    /// A copy of nothing, left behind once a copy was encoded.
+    pub fn empty() -> LedgerCopy {
+        LedgerCopy {
+            accounts: Vec::new(),
+            profiles: BTreeMap::new(),
+            transfers: Vec::new(),
+            transfers_digest: 0,
+            timestamp_last: 0,
+        }
     }
-    out
+
+    /// The bytes [`decode`] reads: accounts and records in id order, so that equal ledgers
+    /// give equal bytes.
+    pub fn encode(mut self) -> Vec<u8> {
+        self.accounts.sort_unstable_by_key(|a| a.id);
+        self.transfers.sort_unstable_by_key(|t| t.new.id);
+        let (accounts, profiles, transfers) = (&self.accounts, &self.profiles, &self.transfers);
+        let mut out = Vec::with_capacity(
+            64 + accounts.len() * ACCOUNT_BYTES
+                + profiles.len() * PROFILE_BYTES
+                + transfers.len() * TRANSFER_BYTES,
+        );
+        out.push(VERSION);
+        out.extend_from_slice(&self.transfers_digest.to_le_bytes());
+        out.extend_from_slice(&self.timestamp_last.to_le_bytes());
+        out.extend_from_slice(&(accounts.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(profiles.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(transfers.len() as u64).to_le_bytes());
+        for account in accounts {
+            codec::encode_account(account, &mut out);
+        }
+        for (id, p) in profiles {
+            out.extend_from_slice(&id.to_le_bytes());
+            for limit in [p.per_transfer_max, p.daily_debit_max, p.balance_max, p.amount_min] {
+                out.extend_from_slice(&limit.to_le_bytes());
+            }
+        }
+        for transfer in transfers {
+            codec::encode_transfer(transfer, &mut out);
+        }
+        out
+    }
 }
 
 /// Rebuilds a ledger from [`encode`]'s bytes. Every length and record is checked.

@@ -11,7 +11,6 @@
 //! | `holds`     | transfer id of a pending hold         | empty                               |
 //! | `history`   | account id, timestamp (BE)            | one posted movement and the balance |
 //! | `meta`      | `applied`, `profiles`                 | where the state stands              |
-//! | `raft`      | see [`RaftLog`]                       | a replicated site's raft log        |
 //!
 //! Two kinds of write, with different durability:
 //! - [`Store::append`] writes log entries with a synced write-ahead log: once it returns, the
@@ -25,10 +24,15 @@
 //!
 //! [`Store::checkpoint`] flushes the state and trims the log behind it, so a restart replays
 //! only the log's tail.
+//!
+//! A site of a replicated group keeps raft's log in a database of its own, [`RaftLog`], beside
+//! the state: its synced writes then never wait for the state's memtables to be switched and
+//! flushed (measured: seconds, docs/BENCHMARKS.md), and the state there is written without the
+//! WAL only.
 
 mod raft_log;
 
-pub use raft_log::RaftLog;
+pub use raft_log::{RaftLog, RaftLogOptions, write_snapshot_file};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -49,10 +53,7 @@ const CF_TRANSFERS: &str = "transfers";
 const CF_HOLDS: &str = "holds";
 const CF_HISTORY: &str = "history";
 const CF_META: &str = "meta";
-/// The replicated log of a site in a group ([`RaftLog`]); empty on a single site.
-const CF_RAFT: &str = "raft";
-const FAMILIES: [&str; 7] =
-    [CF_LOG, CF_ACCOUNTS, CF_TRANSFERS, CF_HOLDS, CF_HISTORY, CF_META, CF_RAFT];
+const FAMILIES: [&str; 6] = [CF_LOG, CF_ACCOUNTS, CF_TRANSFERS, CF_HOLDS, CF_HISTORY, CF_META];
 
 const META_APPLIED: &[u8] = b"applied";
 const META_PROFILES: &[u8] = b"profiles";
@@ -146,14 +147,9 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens the database at `path`, creating it if missing.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let mut db_options = Options::default();
-        db_options.create_if_missing(true);
-        db_options.create_missing_column_families(true);
+        let mut db_options = db_options()?;
         // State is written without the WAL: every flush must cut all families at one point.
         db_options.set_atomic_flush(true);
-        db_options.increase_parallelism(2);
-        db_options.set_max_background_jobs(2);
-        db_options.set_keep_log_file_num(4);
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let families = FAMILIES.iter().map(|&name| {
             let mut cf = Options::default();
@@ -423,6 +419,35 @@ impl Store {
         }
         Ok(HistoryPage { opening_balance, entries, next_from })
     }
+}
+
+/// What every database of a node shares: created if missing, background work kept from getting
+/// in the way of the threads that answer callers.
+fn db_options() -> Result<Options, StoreError> {
+    let mut db_options = Options::default();
+    db_options.create_if_missing(true);
+    db_options.create_missing_column_families(true);
+    // Compactions run at a lower CPU and I/O priority than the threads that answer callers:
+    // on a busy machine they wait, not the log writes and the heartbeats (a replicated primary
+    // that misses heartbeats for 200 ms loses its place). Flushes keep their priority, in two
+    // threads of their own (state and raft log): writes stop when full memtables wait.
+    let mut env = rocksdb::Env::new()?;
+    env.lower_thread_pool_cpu_priority();
+    env.lower_thread_pool_io_priority();
+    env.set_high_priority_background_threads(2);
+    db_options.set_env(&env);
+    db_options.increase_parallelism(2);
+    // Three jobs: RocksDB gives one to flushes, two to compactions.
+    db_options.set_max_background_jobs(3);
+    db_options.set_keep_log_file_num(4);
+    // Write flushed and compacted files out a megabyte at a time, so that their dirty pages
+    // do not pile up and make a later synced log write wait behind them.
+    db_options.set_bytes_per_sync(1 << 20);
+    db_options.set_wal_bytes_per_sync(1 << 20);
+    // Flushes and compactions write at most this fast, so that a burst of them does not
+    // queue the log's synced writes behind it on the disk.
+    db_options.set_ratelimiter(64 << 20, 100_000, 10);
+    Ok(db_options)
 }
 
 fn key_array<const N: usize>(bytes: &[u8], what: &str) -> Result<[u8; N], StoreError> {

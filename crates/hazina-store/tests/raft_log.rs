@@ -3,22 +3,16 @@
 //! snapshot, and a snapshot installed from the leader. A log written for one set of sites is
 //! refused for another.
 
-use std::sync::Arc;
-
 use hazina_replica::LogStore;
 use hazina_replica::raft::Storage;
 use hazina_replica::raft::eraftpb::{Entry, HardState, Snapshot};
-use hazina_store::{RaftLog, Store, StoreOptions};
+use hazina_store::{RaftLog, RaftLogOptions};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
 
 fn open(path: &std::path::Path) -> RaftLog {
-    let store = Store::open(
-        path,
-        &StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 8 << 20 },
-    )
-    .expect("open store");
-    RaftLog::open(Arc::new(store), &VOTERS).expect("open raft log")
+    RaftLog::open(path, &RaftLogOptions { write_buffer_bytes: 1 << 20 }, &VOTERS)
+        .expect("open raft log")
 }
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -113,11 +107,7 @@ fn compaction_and_installed_snapshots_survive_a_reopen() {
 fn a_log_of_another_group_is_refused() {
     let dir = tempfile::tempdir().expect("temporary folder");
     drop(open(dir.path()));
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 8 << 20 },
-    )
-    .expect("open store");
-    let error = RaftLog::open(Arc::new(store), &[1, 2, 4]).expect_err("other voters");
+    let error = RaftLog::open(dir.path(), &RaftLogOptions::default(), &[1, 2, 4])
+        .expect_err("other voters");
     assert!(error.to_string().contains("[1, 2, 3]"), "{error}");
 }

@@ -31,14 +31,15 @@ use hazina_proto::peer::peer_client::PeerClient;
 use hazina_proto::peer::{StepReply, StepRequest};
 use hazina_replica::raft::eraftpb::MessageType;
 use hazina_replica::{
-    Message, Output, ProposeError, Replica, ReplicaConfig, ReplicaStatus, StateRole, wire,
+    Message, Output, ProposeError, Replica, ReplicaConfig, ReplicaStatus, SnapshotJob, StateRole,
+    wire,
 };
-use hazina_store::{Applied, Changes, RaftLog, Store, StoreOptions};
+use hazina_store::{Applied, Changes, RaftLog, RaftLogOptions, Store, StoreOptions};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::node::{NodeError, StartError, count_results};
+use crate::node::{NodeError, StartError, count_outcomes};
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -102,6 +103,8 @@ pub struct ClusterConfig {
     pub election_ticks: usize,
     /// Entries applied between snapshots (the log is compacted behind each).
     pub snapshot_every: u64,
+    /// Bytes of entries applied between snapshots, whichever comes first.
+    pub snapshot_every_bytes: u64,
     /// Entries kept behind a snapshot for standbys a little behind.
     pub log_keep: u64,
     pub store: StoreOptions,
@@ -217,6 +220,8 @@ enum Input {
     SnapshotDelivered {
         to: u64,
     },
+    /// A snapshot encoded and written by its thread, or why it could not be.
+    SnapshotEncoded(Result<Box<(SnapshotJob, Vec<u8>)>, String>),
     Shutdown,
 }
 
@@ -254,15 +259,19 @@ impl ClusterNode {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
         let started = Instant::now();
-        let store = Arc::new(Store::open(&config.data_dir, &config.store)?);
+        // The state in `<data dir>/state`, raft's log in `<data dir>/raft` (RaftLog's docs).
+        let store = Arc::new(Store::open(&config.data_dir.join("state"), &config.store)?);
         store.start_compactions()?;
         let voters: Vec<u64> = config.sites.iter().map(|s| s.id).collect();
-        let log = RaftLog::open(Arc::clone(&store), &voters)?;
+        let log =
+            RaftLog::open(&config.data_dir.join("raft"), &RaftLogOptions::default(), &voters)?;
         let mut replica_config =
             ReplicaConfig::new(config.site_id, voters, config.election_timeout_ticks());
         replica_config.heartbeat_ticks = config.heartbeat_ticks;
         replica_config.election_ticks = config.election_ticks;
         replica_config.snapshot_every = config.snapshot_every;
+        replica_config.snapshot_every_bytes = config.snapshot_every_bytes;
+        replica_config.snapshot_by_host = true;
         replica_config.log_keep = config.log_keep;
         replica_config.ledger = LedgerConfig { track_changes: true, ..config.ledger.clone() };
         let mut replica = Replica::new(&replica_config, log)
@@ -319,6 +328,7 @@ impl ClusterNode {
             last_change_unix_ms: unix_ms(),
             carry: None,
             early: out,
+            reports: inputs_tx.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("hazina-driver".into())
@@ -569,6 +579,8 @@ struct Driver {
     carry: Option<Input>,
     /// What recovery's first ready produced: sent and stored in the first round.
     early: Output,
+    /// For the snapshot thread's report.
+    reports: Sender<Input>,
 }
 
 impl Driver {
@@ -693,6 +705,20 @@ impl Driver {
                 }
             }
             Input::SnapshotDelivered { to } => self.replica.report_snapshot(to, true),
+            Input::SnapshotEncoded(Ok(done)) => {
+                let (job, data) = *done;
+                let index = job.index;
+                if let Err(e) = self.replica.finish_snapshot(job, data) {
+                    tracing::error!(error = %e, "keeping a snapshot failed; stopping");
+                    eprintln!("hazinad: keeping a snapshot failed: {e}; stopping");
+                    std::process::abort();
+                }
+                tracing::info!(index, "snapshot kept; log compacted behind it");
+            }
+            Input::SnapshotEncoded(Err(e)) => {
+                tracing::error!(error = %e, "a snapshot could not be written; the next is tried when due");
+                self.replica.abandon_snapshot();
+            }
             Input::Shutdown => round.stop = true,
         }
     }
@@ -809,13 +835,28 @@ impl Driver {
 
     fn ready(&mut self) {
         let mut out = Output::default();
+        let started = Instant::now();
         if let Err(e) = self.replica.handle_ready(&mut out) {
             // The log or the ledger cannot go on: stop, and let a restart recover from the log.
             tracing::error!(error = %e, "replica failed; stopping");
             eprintln!("hazinad: replica failed: {e}; stopping");
             std::process::abort();
         }
+        let raft = started.elapsed();
+        metrics::histogram!("hazina_raft_ready_seconds").record(raft.as_secs_f64());
         self.finish_ready(out);
+        if self.replica.snapshot_due() {
+            self.start_snapshot();
+        }
+        let round = started.elapsed();
+        if round > self.tick * 5 {
+            // Longer than a few ticks keeps heartbeats from the standbys: say where it went.
+            tracing::warn!(
+                raft_ms = raft.as_millis(),
+                round_ms = round.as_millis(),
+                "slow round: the log write and apply (raft_ms), then storing the state"
+            );
+        }
     }
 
     fn finish_ready(&mut self, mut out: Output) {
@@ -864,6 +905,39 @@ impl Driver {
         self.after_changes(status);
     }
 
+    /// Copies the ledger for a snapshot and encodes and writes it on a thread of its own: the
+    /// encoding takes about a second for a million accounts, which the driver must not spend
+    /// (heartbeats would stop). The copy itself is taken here, between two rounds.
+    fn start_snapshot(&mut self) {
+        let started = Instant::now();
+        let job = match self.replica.begin_snapshot() {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(error = %e, "a snapshot could not begin");
+                return;
+            }
+        };
+        tracing::info!(
+            index = job.index,
+            copy_ms = started.elapsed().as_millis(),
+            "snapshot begun; encoding it in the background"
+        );
+        let dir = self.replica.log().dir().to_owned();
+        let report = self.reports.clone();
+        let spawned = std::thread::Builder::new().name("hazina-snapshot".into()).spawn(move || {
+            let mut job = job;
+            let data = job.encode();
+            let outcome = hazina_store::write_snapshot_file(&dir, job.index, &data)
+                .map(|()| Box::new((job, data)))
+                .map_err(|e| format!("{}: {e}", dir.display()));
+            let _ = report.send(Input::SnapshotEncoded(outcome));
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no snapshot thread");
+            self.replica.abandon_snapshot();
+        }
+    }
+
     /// Writes what the applied entries changed (statements, records, accounts), so that
     /// `GetAccountHistory` finds it, before any caller hears of it.
     fn store_applied(&mut self, out: &Output) {
@@ -871,19 +945,18 @@ impl Driver {
         self.replica.take_changes(&mut changes.accounts, &mut changes.transfers);
         let last = out.applied.last().expect("called with applied entries");
         let ledger = self.replica.ledger();
-        let mut commands = Vec::new();
-        for applied in &out.applied {
-            if applied.data.is_empty() || applied.refused.is_some() {
-                continue;
+        let leader = self.is_leader();
+        for applied in out.applied.iter().filter(|a| a.refused.is_none()) {
+            if applied.summary.sets_limit_profiles {
+                changes.profiles = Some(ledger.limit_profiles());
             }
-            if let Ok(entry) = hazina_core::codec::decode_entry(&applied.data) {
-                if entry.commands.iter().any(|c| matches!(c, Command::SetLimitProfile { .. })) {
-                    changes.profiles = Some(ledger.limit_profiles());
+            if applied.summary.commands > 0 {
+                // Counted once for the group, where callers are answered.
+                if leader {
+                    count_outcomes(&applied.results, applied.summary.transfers_ok);
                 }
-                if self.is_leader() {
-                    count_results(&entry.commands, &applied.results);
-                }
-                commands.push(entry.commands.len());
+                metrics::histogram!("hazina_batch_commands")
+                    .record(applied.summary.commands as f64);
             }
         }
         let applied = Applied {
@@ -892,16 +965,15 @@ impl Driver {
             transfers_digest: ledger.transfers_digest(),
             timestamp_last: ledger.timestamp_last(),
         };
+        let started = Instant::now();
         if let Err(e) = self.store.write_state(&applied, &changes) {
             tracing::error!(error = %e, "writing the state failed; stopping");
             eprintln!("hazinad: writing the state failed: {e}; stopping");
             std::process::abort();
         }
+        metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
         self.shared.applied_index.store(last.index, Ordering::Relaxed);
         metrics::gauge!("hazina_applied_index").set(last.index as f64);
-        for n in commands {
-            metrics::histogram!("hazina_batch_commands").record(n as f64);
-        }
     }
 
     /// Notices changes of role and primary, fails what a lost leadership cannot answer, and

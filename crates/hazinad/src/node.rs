@@ -701,14 +701,20 @@ impl Sequencer {
     }
 }
 
-pub(crate) fn count_results(commands: &[Command], results: &[ResultCode]) {
+fn count_results(commands: &[Command], results: &[ResultCode]) {
+    let transfers_ok = commands
+        .iter()
+        .zip(results)
+        .filter(|(c, r)| **r == ResultCode::Ok && matches!(c, Command::CreateTransfer(_)))
+        .count() as u64;
+    count_outcomes(results, transfers_ok);
+}
+
+/// Adds one entry's outcomes to the metrics: results by code, commands, accepted transfers.
+pub(crate) fn count_outcomes(results: &[ResultCode], transfers_ok: u64) {
     let mut counts = [0u64; 100];
-    let mut transfers_ok = 0u64;
-    for (command, &result) in commands.iter().zip(results) {
+    for &result in results {
         counts[usize::from(result as u16).min(99)] += 1;
-        if result == ResultCode::Ok && matches!(command, Command::CreateTransfer(_)) {
-            transfers_ok += 1;
-        }
     }
     for &code in ResultCode::ALL {
         let n = counts[usize::from(code as u16)];
@@ -716,7 +722,7 @@ pub(crate) fn count_results(commands: &[Command], results: &[ResultCode]) {
             metrics::counter!("hazina_results_total", "result" => code.name()).increment(n);
         }
     }
-    metrics::counter!("hazina_commands_total").increment(commands.len() as u64);
+    metrics::counter!("hazina_commands_total").increment(results.len() as u64);
     metrics::counter!("hazina_transfers_total").increment(transfers_ok);
 }
 

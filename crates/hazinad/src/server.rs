@@ -54,9 +54,14 @@ pub struct Args {
     /// sites); a primary that hears from no quorum for this long steps down.
     #[arg(long, default_value_t = 10)]
     pub election_ticks: usize,
-    /// Entries applied between snapshots of a replicated site's ledger.
-    #[arg(long, default_value_t = 20_000)]
+    /// Entries applied between snapshots of a replicated site's ledger (the log in memory and
+    /// on disk is compacted behind each). A snapshot copies the whole ledger: about 0.2 s of
+    /// pause per million accounts (docs/BENCHMARKS.md), so keep them rare.
+    #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every: u64,
+    /// Megabytes of entries applied between snapshots, whichever comes first: bounds the log.
+    #[arg(long, default_value_t = 512)]
+    pub snapshot_every_mb: u64,
     /// Entries kept behind a snapshot, for standbys a little behind.
     #[arg(long, default_value_t = 2_000)]
     pub log_keep: u64,
@@ -149,6 +154,7 @@ impl Args {
             heartbeat_ticks: self.heartbeat_ticks,
             election_ticks: self.election_ticks,
             snapshot_every: self.snapshot_every,
+            snapshot_every_bytes: self.snapshot_every_mb << 20,
             log_keep: self.log_keep,
             store: single.store,
         }))
