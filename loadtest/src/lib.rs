@@ -123,6 +123,8 @@ struct Tally {
     began: Instant,
     last_answer_us: AtomicU64,
     longest_gap_us: AtomicU64,
+    /// When the longest gap ended (approximately, when answers race).
+    longest_gap_end_us: AtomicU64,
 }
 
 impl Tally {
@@ -131,6 +133,7 @@ impl Tally {
             began: Instant::now(),
             last_answer_us: AtomicU64::new(0),
             longest_gap_us: AtomicU64::new(0),
+            longest_gap_end_us: AtomicU64::new(0),
             latency: Mutex::new(latency_histogram()),
             interval: Mutex::new(latency_histogram()),
             timeline: Mutex::new(Vec::new()),
@@ -153,7 +156,10 @@ impl Tally {
         let now = u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX);
         let before = self.last_answer_us.fetch_max(now, Ordering::Relaxed);
         if now > before {
-            self.longest_gap_us.fetch_max(now - before, Ordering::Relaxed);
+            let gap = now - before;
+            if gap > self.longest_gap_us.fetch_max(gap, Ordering::Relaxed) {
+                self.longest_gap_end_us.store(now, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -250,6 +256,8 @@ pub struct Report {
     /// The longest time in which no request was answered, in milliseconds: with several
     /// targets and `--attempts` above 1, the write pause of a failover or a switchover.
     pub longest_answer_gap_ms: f64,
+    /// Seconds from the start of the load to the end of that gap: where the failover was.
+    pub longest_answer_gap_end_s: f64,
     pub verification: Verification,
     /// Second by second.
     pub timeline: Vec<Second>,
@@ -349,6 +357,9 @@ pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),
         in_doubt_transfers: tally.in_doubt.load(Ordering::Relaxed),
         longest_answer_gap_ms: tally.longest_gap_us.load(Ordering::Relaxed) as f64 / 1_000.0,
+        // The tally's clock starts with the load, like the timeline's.
+        longest_answer_gap_end_s: tally.longest_gap_end_us.load(Ordering::Relaxed) as f64
+            / 1_000_000.0,
         verification,
         timeline: tally.timeline.lock().expect("tally").clone(),
     };
@@ -723,7 +734,10 @@ fn print_table(r: &Report) {
         "transport errs  {}  (transfers in doubt: {})",
         r.transport_errors, r.in_doubt_transfers
     );
-    println!("longest gap     {:.1} ms without an answer", r.longest_answer_gap_ms);
+    println!(
+        "longest gap     {:.1} ms without an answer, ending {:.1} s into the load",
+        r.longest_answer_gap_ms, r.longest_answer_gap_end_s
+    );
     println!("results:");
     for (name, n) in &r.results {
         println!("  {name:<28} {n}");

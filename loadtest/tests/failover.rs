@@ -125,10 +125,12 @@ async fn a_run_through_the_loss_of_the_primary_is_verified() {
     assert!(report.verification.passed, "{:?}", report.verification);
     assert!(report.transfers > 1_000, "{report:?}");
     assert!(report.longest_answer_gap_ms > 0.0, "{report:?}");
+    assert!(report.longest_answer_gap_end_s <= report.seconds + 0.5, "{report:?}");
     eprintln!(
-        "site {} lost: longest gap {:.0} ms, {} transfers, {} errors",
+        "site {} lost: longest gap {:.0} ms ending {:.1} s into the load, {} transfers, {} errors",
         lost + 1,
         report.longest_answer_gap_ms,
+        report.longest_answer_gap_end_s,
         report.transfers,
         report.transport_errors
     );
