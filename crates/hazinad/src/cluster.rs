@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::node::{NodeError, StartError, count_outcomes};
+use crate::node::{NodeError, StartError, admit_and_send, count_outcomes};
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -348,17 +348,7 @@ impl ClusterNode {
     }
 
     fn send(&self, input: Input, n: usize) -> Result<(), NodeError> {
-        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
-        if queued > self.queue_max {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            metrics::counter!("hazina_requests_rejected_total", "reason" => "overloaded")
-                .increment(1);
-            return Err(NodeError::Overloaded { queued: queued - n, max: self.queue_max });
-        }
-        self.inputs.send(input).map_err(|_| {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            NodeError::Stopped
-        })
+        admit_and_send(&self.queued, self.queue_max, &self.inputs, input, n)
     }
 
     /// Replicates `commands` as part of the next entry and returns their results once the entry

@@ -356,23 +356,8 @@ impl Node {
         })
     }
 
-    fn admit(&self, n: usize) -> Result<(), NodeError> {
-        let queued = self.queued.fetch_add(n, Ordering::Relaxed) + n;
-        if queued > self.queue_max {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            metrics::counter!("hazina_requests_rejected_total", "reason" => "overloaded")
-                .increment(1);
-            return Err(NodeError::Overloaded { queued: queued - n, max: self.queue_max });
-        }
-        Ok(())
-    }
-
     fn send(&self, request: Request, n: usize) -> Result<(), NodeError> {
-        self.admit(n)?;
-        self.requests.send(request).map_err(|_| {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            NodeError::Stopped
-        })
+        admit_and_send(&self.queued, self.queue_max, &self.requests, request, n)
     }
 
     /// Applies `commands` as part of the next entry and returns their results once that entry
@@ -439,6 +424,28 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Counts `n` commands into `queued` and sends `item`, unless that would pass `max` (the caller
+/// is told `Overloaded`, never kept waiting) or the receiver stopped. Both kinds of node admit
+/// requests this way.
+pub(crate) fn admit_and_send<T>(
+    queued: &AtomicUsize,
+    max: usize,
+    channel: &Sender<T>,
+    item: T,
+    n: usize,
+) -> Result<(), NodeError> {
+    let now = queued.fetch_add(n, Ordering::Relaxed) + n;
+    if now > max {
+        queued.fetch_sub(n, Ordering::Relaxed);
+        metrics::counter!("hazina_requests_rejected_total", "reason" => "overloaded").increment(1);
+        return Err(NodeError::Overloaded { queued: now - n, max });
+    }
+    channel.send(item).map_err(|_| {
+        queued.fetch_sub(n, Ordering::Relaxed);
+        NodeError::Stopped
+    })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {

@@ -186,10 +186,21 @@ impl Cluster {
         let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let list: Vec<String> =
             (0..3).map(|i| format!("{}={},127.0.0.1:{}", i + 1, api[i], ports[3 + i])).collect();
+        Cluster::launch(dir, extra, api, vec![list; 3], std::collections::BTreeMap::new())
+    }
+
+    /// Starts the three sites, each with its own `--site` list.
+    fn launch(
+        dir: &Path,
+        extra: &[&str],
+        api: Vec<String>,
+        site_args: Vec<Vec<String>>,
+        links: std::collections::BTreeMap<(u64, u64), Link>,
+    ) -> Cluster {
         let mut cluster = Cluster {
             sites: Vec::new(),
-            site_args: vec![list; 3],
-            links: std::collections::BTreeMap::new(),
+            site_args,
+            links,
             api,
             dir: dir.to_owned(),
             extra: extra.iter().map(|&s| s.to_owned()).collect(),
@@ -227,19 +238,7 @@ impl Cluster {
                 .collect();
             site_args.push(list);
         }
-        let mut cluster = Cluster {
-            sites: Vec::new(),
-            site_args,
-            links,
-            api,
-            dir: dir.to_owned(),
-            extra: extra.iter().map(|&s| s.to_owned()).collect(),
-        };
-        for site in 1..=3 {
-            let server = cluster.spawn(site);
-            cluster.sites.push(Some(server));
-        }
-        cluster
+        Cluster::launch(dir, extra, api, site_args, links)
     }
 
     /// Cuts (or heals) every link to and from `site`: it can still be called by clients, but
