@@ -227,7 +227,8 @@ enum Input {
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// Set while this site leads; the statement reads check it.
+    /// This site's id while it leads and has applied an entry of its term (so everything
+    /// committed before it), else 0; the statement reads check it.
     leader: AtomicU64,
     applied_index: AtomicU64,
     inbox: AtomicUsize,
@@ -974,10 +975,6 @@ impl Driver {
             let (was_role, was_leader, _) = self.last_role;
             self.last_role = now;
             *self.shared.known_leader.lock() = status.leader;
-            self.shared.leader.store(
-                if status.role == StateRole::Leader { self.site_id } else { 0 },
-                Ordering::Relaxed,
-            );
             metrics::gauge!("hazina_term").set(status.term as f64);
             metrics::gauge!("hazina_is_primary").set(if status.role == StateRole::Leader {
                 1.0
@@ -1013,7 +1010,9 @@ impl Driver {
                 }
             }
         }
-        if status.role == StateRole::Leader && self.reads_term == status.term {
+        let reads = status.role == StateRole::Leader && self.reads_term == status.term;
+        self.shared.leader.store(if reads { self.site_id } else { 0 }, Ordering::Relaxed);
+        if reads {
             for read in std::mem::take(&mut self.deferred_reads) {
                 self.answer_read(read);
             }

@@ -274,6 +274,25 @@ async fn switchover_under_load_moves_the_primary_and_back() {
     cluster.converged(Duration::from_secs(20)).await;
     verify(&client, &load).await;
 
+    // The primary's statement of a merchant, written on whichever site was primary when each
+    // line was applied, ends at the merchant's balance.
+    let till = merchant(0);
+    let mut from = 0;
+    let mut last = None;
+    let mut lines = 0;
+    loop {
+        let page = client.history(till, from, 1_000).await.expect("statement");
+        lines += page.entries.len();
+        last = page.entries.last().map(|e| e.balance_after).or(last);
+        match page.next_from {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let account = client.lookup_accounts(&[till]).await.expect("look up the till");
+    assert!(lines > 0, "the till received payments");
+    assert_eq!(last, Some(account[0].balance()), "{lines} statement lines");
+
     // A standby refuses writes, naming the primary.
     let standby = Client::connect_with(
         &cluster.api[1],
