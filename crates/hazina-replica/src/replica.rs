@@ -218,6 +218,8 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     pub commit_index: u64,
     pub applied_index: u64,
+    /// The index of the snapshot the log keeps (0 if none): the log holds what follows it.
+    pub snapshot_index: u64,
 }
 
 /// One site's replica. See the module documentation for how a host drives it.
@@ -590,6 +592,7 @@ impl<S: LogStore> Replica<S> {
             last_index: raft.raft_log.last_index(),
             commit_index: raft.raft_log.committed,
             applied_index: self.applied,
+            snapshot_index: self.snapshot_index,
         }
     }
 

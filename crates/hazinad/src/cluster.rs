@@ -178,6 +178,7 @@ pub struct ClusterStatus {
     pub progress: Vec<(u64, u64)>,
     pub last_change: String,
     pub last_change_unix_ms: u64,
+    pub snapshots_installed: u64,
 }
 
 /// What a finished switchover reports.
@@ -330,6 +331,7 @@ impl ClusterNode {
             carry: None,
             early: out,
             reports: inputs_tx.clone(),
+            snapshots_installed: 0,
         };
         let thread = std::thread::Builder::new()
             .name("hazina-driver".into())
@@ -572,6 +574,8 @@ struct Driver {
     early: Output,
     /// For the snapshot thread's report.
     reports: Sender<Input>,
+    /// Snapshots from the primary installed since start.
+    snapshots_installed: u64,
 }
 
 impl Driver {
@@ -769,6 +773,7 @@ impl Driver {
             progress: self.replica.progress(),
             last_change: self.last_change.clone(),
             last_change_unix_ms: self.last_change_unix_ms,
+            snapshots_installed: self.snapshots_installed,
         }
     }
 
@@ -863,6 +868,8 @@ impl Driver {
             }
         }
         if let Some((index, digest)) = out.installed_snapshot {
+            self.snapshots_installed += 1;
+            metrics::counter!("hazina_snapshots_installed_total").increment(1);
             tracing::info!(index, digest = format!("{digest:032x}"), "installed a snapshot");
         }
         if !out.applied.is_empty() {

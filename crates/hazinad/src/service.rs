@@ -128,6 +128,8 @@ impl Backend {
                         .collect(),
                     last_change: s.last_change,
                     last_change_unix_ms: s.last_change_unix_ms,
+                    snapshot_index: s.replica.snapshot_index,
+                    snapshots_installed: s.snapshots_installed,
                 })
             }
         }

