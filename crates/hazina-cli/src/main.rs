@@ -124,6 +124,7 @@ async fn admin_status(addrs: &str) -> ExitCode {
     );
     let mut primaries = 0;
     let mut lags = Vec::new();
+    let mut snapshots = Vec::new();
     for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
         let retry = hazina_client::RetryPolicy { attempts: 1, ..Default::default() };
         let status = match Client::connect_with(addr, retry).await {
@@ -153,9 +154,15 @@ async fn admin_status(addrs: &str) -> ExitCode {
                     s.leader_site,
                     s.last_change
                 );
+                snapshots.push((s.site_id, s.snapshot_index, s.snapshots_installed));
             }
             Err(e) => println!("{addr:<24} unreachable: {e}"),
         }
+    }
+    for (site, index, installed) in snapshots {
+        println!(
+            "site {site} keeps its log after snapshot {index}; installed {installed} from the primary"
+        );
     }
     for site in &lags {
         println!(
