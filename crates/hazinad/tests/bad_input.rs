@@ -30,15 +30,7 @@ fn wallet(id: u128) -> NewAccount {
 }
 
 fn send(id: u128, from: u128, to: u128, amount: u128) -> NewTransfer {
-    NewTransfer {
-        id,
-        debit_account_id: from,
-        credit_account_id: to,
-        amount,
-        currency: CURRENCY_KES,
-        tx_type: TransactionType::SendMoney as u16,
-        ..NewTransfer::default()
-    }
+    common::transfer(id, from, to, amount, TransactionType::SendMoney)
 }
 
 fn code(e: ClientError) -> (Code, String) {

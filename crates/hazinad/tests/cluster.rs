@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{Cluster, seed, transfer};
 use hazina_client::Client;
 use hazina_core::{
     AccountFlags, AccountKind, CURRENCY_KES, NewAccount, NewTransfer, ResultCode, TransactionType,
@@ -43,27 +43,6 @@ fn wallet(k: u128) -> u128 {
 }
 fn merchant(k: u128) -> u128 {
     5_000 + k
-}
-
-fn transfer(id: u128, from: u128, to: u128, amount: u128, tx_type: TransactionType) -> NewTransfer {
-    NewTransfer {
-        id,
-        debit_account_id: from,
-        credit_account_id: to,
-        amount,
-        currency: CURRENCY_KES,
-        tx_type: tx_type as u16,
-        ..NewTransfer::default()
-    }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("HAZINA_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("seed {seed} (replay with HAZINA_SEED={seed})");
-    seed
 }
 
 async fn setup(client: &Client) {

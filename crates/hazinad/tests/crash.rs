@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, transfer};
 use hazina_client::{Client, RetryPolicy};
 use hazina_core::{
     AccountFlags, AccountKind, CURRENCY_KES, Ledger, LedgerConfig, NewAccount, NewTransfer,
@@ -50,18 +50,6 @@ fn merchant(id: u128) -> u128 {
 struct Sent {
     transfers: Vec<NewTransfer>,
     results: Option<Vec<ResultCode>>,
-}
-
-fn transfer(id: u128, from: u128, to: u128, amount: u128, tx_type: TransactionType) -> NewTransfer {
-    NewTransfer {
-        id,
-        debit_account_id: from,
-        credit_account_id: to,
-        amount,
-        currency: CURRENCY_KES,
-        tx_type: tx_type as u16,
-        ..NewTransfer::default()
-    }
 }
 
 async fn setup(client: &Client) {
@@ -248,12 +236,8 @@ async fn check_online(server: &Server, replayed: &Ledger, sent: &[Sent]) {
 async fn acknowledged_transfers_survive_kill_9() {
     let kills: usize =
         std::env::var("HAZINA_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(20);
-    let seed: u64 =
-        std::env::var("HAZINA_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            now.as_secs() ^ u64::from(now.subsec_nanos())
-        });
-    eprintln!("seed {seed} (replay with HAZINA_SEED={seed}); {kills} kills");
+    let seed = common::seed();
+    eprintln!("{kills} kills");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");

@@ -7,6 +7,40 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hazina_client::Client;
+use hazina_core::{CURRENCY_KES, NewTransfer, TransactionType};
+
+/// A transfer in shillings' cents, in KES, of the given type.
+pub fn transfer(
+    id: u128,
+    from: u128,
+    to: u128,
+    amount: u128,
+    tx_type: TransactionType,
+) -> NewTransfer {
+    NewTransfer {
+        id,
+        debit_account_id: from,
+        credit_account_id: to,
+        amount,
+        currency: CURRENCY_KES,
+        tx_type: tx_type as u16,
+        ..NewTransfer::default()
+    }
+}
+
+/// The seed of a random test: `HAZINA_SEED` if set, else one from the clock; printed, so that
+/// a failure can be replayed.
+pub fn seed() -> u64 {
+    let seed =
+        std::env::var("HAZINA_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("the clock is after 1970");
+            now.as_secs() ^ u64::from(now.subsec_nanos())
+        });
+    eprintln!("seed {seed} (replay with HAZINA_SEED={seed})");
+    seed
+}
 
 /// A `hazinad` child process. Dropping it kills the process.
 #[derive(Debug)]
