@@ -565,7 +565,7 @@ impl Ledger {
     pub fn accounts_unordered(&self) -> Vec<Account> {
         let mut all = Vec::with_capacity(self.accounts_count());
         for shard in &self.shards {
-            all.extend_from_slice(&shard.lock().accounts);
+            all.extend(shard.lock().accounts());
         }
         all
     }
@@ -592,7 +592,7 @@ impl Ledger {
     }
 
     pub fn accounts_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().accounts.len()).sum()
+        self.shards.iter().map(|s| s.lock().accounts_len()).sum()
     }
 
     pub fn transfers_resident(&self) -> usize {
@@ -706,7 +706,7 @@ impl Ledger {
         }
         for shard in &mut ledger.shards {
             let shard = shard.get_mut();
-            for account in &shard.accounts {
+            for account in shard.accounts() {
                 let counted = holds_counted.get(&Key::from(account.id)).copied().unwrap_or(0);
                 if counted != account.holds_pending {
                     return Err(RestoreError(format!(
@@ -956,12 +956,7 @@ fn record(
                 } else {
                     HoldState::None
                 };
-                records.insert_new(Transfer {
-                    new: *t,
-                    timestamp: timestamp + i as u64,
-                    result,
-                    hold,
-                });
+                records.insert_new(t, timestamp + i as u64, result, hold);
             }
         }
         for (i, command) in commands.iter().enumerate() {
