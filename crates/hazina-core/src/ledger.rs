@@ -218,7 +218,7 @@ impl Ledger {
         let generation_max = config.transfers_generation_max.div_ceil(config.partitions);
         let transfers = (0..config.partitions)
             .map(|_| {
-                let mut records = TransferShard::new(generation_max);
+                let mut records = TransferShard::new(generation_max, config.batch_commands_max);
                 records.changed = track.then(Vec::new);
                 records
             })
@@ -374,13 +374,14 @@ impl Ledger {
     }
 
     /// Resolves, before execution, each transfer's account slots and whether its id was
-    /// recorded by an earlier batch (so which commands record a new transfer).
+    /// recorded by an earlier batch (so which commands record a new transfer), and claims the
+    /// index entries of the new ids.
     ///
     /// A lookup is a chain of dependent cache misses (index control bytes, then index entry),
     /// and execution would take each chain in turn. Done here in one pass over the batch, the
     /// lookups of different commands do not depend on each other, so the processor keeps many
     /// misses in flight; on a parallel batch the workers share the pass. Execution then reads
-    /// accounts by slot. Changes no state.
+    /// accounts by slot. Changes no state but the claims, which read as absent until recorded.
     fn resolve_and_warm(&mut self, commands: &[Command]) {
         let n = commands.len();
         let config = &self.config;
@@ -393,53 +394,92 @@ impl Ledger {
         s.stored.resize(n, false);
         s.fresh.clear();
         s.fresh.resize(n, false);
+        let partitions = self.shards.len();
+        let first = &s.first;
+        // Whether an earlier batch recorded the id, and so whether this command records a new
+        // transfer: the first of the batch with a usable id that no earlier batch recorded.
+        // Known before execution, and never asked of residency later: a record that left memory
+        // is still part of the state. Each partition's ids in batch order, so that a later
+        // command with an earlier one's id takes its answer, and claims go in recording order.
+        let resolve_ids =
+            |p: usize, records: &mut TransferShard, stored: &mut [bool], fresh: &mut [bool]| {
+                for (i, command) in commands.iter().enumerate() {
+                    let Command::CreateTransfer(t) = command else { continue };
+                    if partition_of(t.id, partitions) != p || t.id == 0 || t.id == u128::MAX {
+                        continue;
+                    }
+                    let first = first[i] as usize;
+                    if first == i {
+                        stored[i] = records.resolve(t.id);
+                        fresh[i] = !stored[i];
+                    } else {
+                        stored[i] = stored[first];
+                    }
+                }
+            };
         // Only reads: every partition is shared by all the threads resolving.
         let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(Mutex::lock).collect();
         let shards: Vec<&Shard> = guards.iter().map(|guard| &**guard).collect();
-        let (transfers, first) = (&self.transfers, &s.first);
-        let resolve = |start: usize,
-                       slots: &mut [[u32; 2]],
-                       stored: &mut [bool],
-                       fresh: &mut [bool]| {
-            let partitions = shards.len();
-            for (k, command) in commands[start..start + slots.len()].iter().enumerate() {
+        let resolve_slots = |start: usize, slots: &mut [[u32; 2]]| {
+            for (command, pair) in commands[start..start + slots.len()].iter().zip(slots) {
                 let Command::CreateTransfer(t) = command else { continue };
                 // The index entries of both accounts.
-                for (slot, id) in slots[k].iter_mut().zip([t.debit_account_id, t.credit_account_id])
-                {
+                for (slot, id) in pair.iter_mut().zip([t.debit_account_id, t.credit_account_id]) {
                     *slot = shards[partition_of(id, partitions)].slot(id).unwrap_or(NONE);
                 }
-                // Whether an earlier batch recorded the id, and so whether this command records
-                // a new transfer: the first of the batch with a usable id that no earlier batch
-                // recorded. Known before execution, and never asked of residency later: a record
-                // that left memory is still part of the state.
-                let i = start + k;
-                stored[k] = transfers[partition_of(t.id, partitions)].get(t.id).is_some();
-                fresh[k] = !stored[k] && t.id != 0 && t.id != u128::MAX && first[i] as usize == i;
             }
         };
         if threads == 1 || n == 0 {
-            resolve(0, &mut s.slots, &mut s.stored, &mut s.fresh);
+            resolve_slots(0, &mut s.slots);
+            for (p, records) in self.transfers.iter_mut().enumerate() {
+                resolve_ids(p, records, &mut s.stored, &mut s.fresh);
+            }
             return;
         }
+        // Each worker resolves a share of the account slots, then the ids of its partitions
+        // into flags of its own, merged after.
         let chunk = n.div_ceil(threads);
-        let mut parts = s
-            .slots
-            .chunks_mut(chunk)
-            .zip(s.stored.chunks_mut(chunk))
-            .zip(s.fresh.chunks_mut(chunk))
-            .enumerate()
-            .map(|(k, ((slots, stored), fresh))| (k * chunk, slots, stored, fresh));
-        let own = parts.next();
-        std::thread::scope(|scope| {
-            let resolve = &resolve;
-            for (start, slots, stored, fresh) in parts {
-                scope.spawn(move || resolve(start, slots, stored, fresh));
+        let mut per_worker: Vec<IdsOfWorker<'_>> = (0..threads)
+            .map(|_| IdsOfWorker {
+                records: Vec::new(),
+                stored: vec![false; n],
+                fresh: vec![false; n],
+            })
+            .collect();
+        for (p, records) in self.transfers.iter_mut().enumerate() {
+            per_worker[worker_of(p, threads)].records.push((p, records));
+        }
+        let work = |start: usize, slots: &mut [[u32; 2]], mine: &mut IdsOfWorker<'_>| {
+            resolve_slots(start, slots);
+            for (p, records) in &mut mine.records {
+                resolve_ids(*p, records, &mut mine.stored, &mut mine.fresh);
             }
-            if let Some((start, slots, stored, fresh)) = own {
-                resolve(start, slots, stored, fresh);
+        };
+        std::thread::scope(|scope| {
+            let work = &work;
+            // A short batch can have fewer chunks of slots than workers; every worker still
+            // resolves the ids of its partitions.
+            let mut chunks = s.slots.chunks_mut(chunk);
+            let mut parts = per_worker.iter_mut().enumerate().map(|(k, mine)| {
+                let slots = chunks.next().unwrap_or_default();
+                ((k * chunk).min(n), slots, mine)
+            });
+            let own = parts.next();
+            for (start, slots, mine) in parts {
+                scope.spawn(move || work(start, slots, mine));
+            }
+            if let Some((start, slots, mine)) = own {
+                work(start, slots, mine);
             }
         });
+        for mine in &per_worker {
+            for (all, mine) in s.stored.iter_mut().zip(&mine.stored) {
+                *all |= *mine;
+            }
+            for (all, mine) in s.fresh.iter_mut().zip(&mine.fresh) {
+                *all |= *mine;
+            }
+        }
     }
 
     /// Splits the batch into units and works out which partitions each may touch.
@@ -733,6 +773,13 @@ impl Ledger {
     }
 }
 
+/// The partitions whose ids one worker resolves, and what it found, by command.
+struct IdsOfWorker<'a> {
+    records: Vec<(usize, &'a mut TransferShard)>,
+    stored: Vec<bool>,
+    fresh: Vec<bool>,
+}
+
 /// Commands whose accounts are read ahead at a time: about 100 KiB of accounts, well inside a
 /// core's own (L2) cache, yet enough independent reads to keep many misses in flight.
 const WARM_WINDOW: usize = 256;
@@ -937,27 +984,15 @@ fn record(
             }
             _ => None,
         };
-        for window in (0..commands.len()).step_by(WARM_WINDOW) {
-            let window = window..(window + WARM_WINDOW).min(commands.len());
-            // Probe where each record will go, every probe independent of the others, so the
-            // inserts below find the map's control bytes in cache.
-            let mut touched = false;
-            for i in window.clone() {
-                if let Some(t) = new_here(i) {
-                    touched ^= records.warm_insert(t.id);
-                }
-            }
-            std::hint::black_box(touched);
-            for i in window {
-                let Some(t) = new_here(i) else { continue };
-                let result = results[i];
-                let hold = if result == ResultCode::Ok && t.flags.pending() {
-                    HoldState::Pending
-                } else {
-                    HoldState::None
-                };
-                records.insert_new(t, timestamp + i as u64, result, hold);
-            }
+        // In batch order: the order in which the partition claimed the ids.
+        for (i, &result) in results.iter().enumerate() {
+            let Some(t) = new_here(i) else { continue };
+            let hold = if result == ResultCode::Ok && t.flags.pending() {
+                HoldState::Pending
+            } else {
+                HoldState::None
+            };
+            records.record_new(t, timestamp + i as u64, result, hold);
         }
         for (i, command) in commands.iter().enumerate() {
             let Command::CreateTransfer(t) = command else {
@@ -975,6 +1010,7 @@ fn record(
                 debug_assert_eq!(hold.state, state);
             }
         }
+        records.finish_batch();
     };
     if threads > 1 {
         let mut per_worker: Vec<Vec<(usize, &mut Shard, &mut TransferShard)>> =

@@ -237,17 +237,24 @@ impl Generation {
 
 /// The transfer records whose ids hash to one partition, in two generations.
 ///
-/// New records go into `current`. When a generation size is set and `current` is full, the
-/// records of `previous` leave memory (all but those of pending holds, which move into the new
-/// current generation) and the two swap. Clearing keeps the allocations, so after the first two
-/// generations recording never rehashes nor touches fresh pages: the cost of a rotation is one
-/// pass over a generation, spread over the generation's inserts.
+/// New records go into `current`. When a generation size is set and `current` is full at the end
+/// of a batch, the records of `previous` leave memory (all but those of pending holds, which move
+/// into the new current generation) and the two swap. Clearing keeps the allocations, so after
+/// the first two generations recording never rehashes nor touches fresh pages: the cost of a
+/// rotation is one pass over a generation, spread over the generation's inserts.
+///
+/// A batch indexes its new ids while it resolves them ([`TransferShard::resolve`]): the probe
+/// that finds an id absent has just read the memory its index entry goes to. The entry names the
+/// position its record will take when the batch records it ([`TransferShard::record_new`]);
+/// until then the id reads as absent.
 #[derive(Debug)]
 pub(crate) struct TransferShard {
     current: Generation,
     previous: Generation,
     /// Records per generation; 0 keeps every record resident.
     generation_max: usize,
+    /// Ids of this batch indexed by `resolve` whose records are not yet written.
+    claimed: u32,
     /// Wrapping sum of the digests of every transfer ever recorded here (a record leaving memory
     /// does not change the ledger's state, so it does not change the digest).
     pub digest: u128,
@@ -257,11 +264,15 @@ pub(crate) struct TransferShard {
 }
 
 impl TransferShard {
-    pub fn new(generation_max: usize) -> TransferShard {
+    /// A partition's records, with room for `batch_max` more than a generation: a generation
+    /// fills up during a batch and rotates only after it.
+    pub fn new(generation_max: usize, batch_max: usize) -> TransferShard {
+        let capacity = if generation_max == 0 { 0 } else { generation_max + batch_max };
         TransferShard {
-            current: Generation::with_capacity(generation_max),
-            previous: Generation::with_capacity(generation_max),
+            current: Generation::with_capacity(capacity),
+            previous: Generation::with_capacity(capacity),
             generation_max,
+            claimed: 0,
             digest: 0,
             changed: None,
         }
@@ -269,22 +280,43 @@ impl TransferShard {
 
     pub fn get(&self, id: u128) -> Option<&Transfer> {
         if let Some(at) = self.current.position(id) {
-            return Some(&self.current.records[at]);
+            // An id claimed by the batch being applied has no record yet.
+            return self.current.records.get(at);
         }
         self.previous.position(id).map(|at| &self.previous.records[at])
     }
 
     fn get_mut(&mut self, id: u128) -> Option<&mut Transfer> {
         if let Some(at) = self.current.position(id) {
-            return Some(&mut self.current.records[at]);
+            return self.current.records.get_mut(at);
         }
         self.previous.position(id).map(|at| &mut self.previous.records[at])
     }
 
-    /// Reads where a new record with this id would be indexed, so that inserting it soon after
-    /// finds that memory in cache. Changes nothing.
-    pub fn warm_insert(&self, id: u128) -> bool {
-        self.current.position(id).is_some()
+    /// Whether an earlier batch recorded `id`, for the first command of a batch with this usable
+    /// id (a record that left memory counts: the host loaded every record the batch names). If
+    /// not, claims the id: indexes it at the position its record will take, as the ids a
+    /// partition claims are recorded in the order they were claimed.
+    pub fn resolve(&mut self, id: u128) -> bool {
+        use std::collections::hash_map::Entry;
+        let Generation { index, records } = &mut self.current;
+        match index.entry(Key::from(id)) {
+            Entry::Occupied(entry) => {
+                debug_assert!((*entry.get() as usize) < records.len(), "{id} claimed twice");
+                true
+            }
+            Entry::Vacant(entry) => {
+                if self.previous.position(id).is_some() {
+                    return true;
+                }
+                let at = records.len() + self.claimed as usize;
+                entry.insert(u32::try_from(at).expect(
+                    "a generation holds fewer than 2^32 records; set transfers_generation_max",
+                ));
+                self.claimed += 1;
+                false
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -295,27 +327,37 @@ impl TransferShard {
         self.current.records.iter().chain(&self.previous.records)
     }
 
-    /// Records a transfer whose id was never recorded (decided before execution: the id cannot
-    /// be checked here, as its earlier record may have left memory).
+    /// Records the transfer of the next id this partition claimed in [`TransferShard::resolve`].
     /// The record is given as its parts, hashed before it is built (see
     /// [`transfer_digest_bytes`]).
-    pub fn insert_new(
+    pub fn record_new(
         &mut self,
         new: &NewTransfer,
         timestamp: Timestamp,
         result: ResultCode,
         hold: HoldState,
     ) {
-        debug_assert!(self.get(new.id).is_none(), "{} recorded twice", new.id);
+        debug_assert_eq!(
+            self.current.position(new.id),
+            Some(self.current.records.len()),
+            "{} was not claimed next",
+            new.id
+        );
+        self.claimed = self.claimed.checked_sub(1).expect("every record was claimed");
         let digest = digest_of(&transfer_digest_bytes(new, timestamp, result, hold));
         self.digest = self.digest.wrapping_add(digest);
         let transfer = Transfer { new: *new, timestamp, result, hold };
-        if self.generation_max != 0 && self.current.records.len() >= self.generation_max {
-            self.rotate();
-        }
-        self.current.insert(transfer);
+        self.current.records.push(transfer);
         if let Some(changed) = &mut self.changed {
             changed.push(transfer);
+        }
+    }
+
+    /// Ends a batch: every claimed id has its record; a full generation rotates.
+    pub fn finish_batch(&mut self) {
+        assert_eq!(self.claimed, 0, "a claimed id was left without its record");
+        if self.generation_max != 0 && self.current.records.len() >= self.generation_max {
+            self.rotate();
         }
     }
 
@@ -323,6 +365,7 @@ impl TransferShard {
     /// rotates: the records loaded for a batch must all be resident when it applies, so a
     /// generation may pass its size by what one batch loads.
     pub fn load(&mut self, transfer: Transfer) {
+        debug_assert_eq!(self.claimed, 0, "records are loaded between batches");
         if self.get(transfer.new.id).is_none() {
             self.current.insert(transfer);
         }
