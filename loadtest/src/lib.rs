@@ -90,8 +90,15 @@ pub struct Args {
     /// Skip creating the population (it exists from an earlier run with the same sizes).
     #[arg(long)]
     pub skip_setup: bool,
+    /// Seeds the random choices (who pays whom, how much); the same seed makes the same traffic.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The range this run's transfer ids come from. By default the start time in milliseconds,
+    /// so that runs against one node never reuse an id (a reused id is answered
+    /// `ExistsWithDifferentFields` and fails verification); give the same value to replay a
+    /// run's ids exactly.
+    #[arg(long)]
+    pub run_id: Option<u64>,
     /// Write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -278,7 +285,12 @@ pub struct Verification {
 }
 
 /// Sets up (unless told not to), runs the load, verifies, prints the table and writes the JSON.
-pub async fn run(args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+pub async fn run(mut args: Args) -> Result<Report, Box<dyn std::error::Error>> {
+    let run_id = *args.run_id.get_or_insert_with(|| {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        u64::try_from(since.unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+    });
+    eprintln!("run id {run_id} (seed {}): replay its ids with --run-id {run_id}", args.seed);
     if args.batch == 0 || args.batch > 8_000 || args.concurrency == 0 || args.connections == 0 {
         return Err("--batch must be 1 to 8,000; --concurrency and --connections at least 1".into());
     }
@@ -433,9 +445,9 @@ fn check_setup(results: &[ResultCode], what: &str) -> Result<(), ClientError> {
     }
 }
 
-/// Ids of a worker's transfers: disjoint ranges above the funding transfers, by seed.
-fn first_id(population: &Population, seed: u64, worker: usize) -> u128 {
-    let base = population.funding_count() + 1_000 + (u128::from(seed) << 64);
+/// Ids of a worker's transfers: disjoint ranges above the funding transfers, by run.
+fn first_id(population: &Population, run_id: u64, worker: usize) -> u128 {
+    let base = population.funding_count() + 1_000 + (u128::from(run_id) << 64);
     base + (worker as u128) * (1u128 << 40)
 }
 
@@ -512,7 +524,7 @@ fn mix_for(args: &Args, population: &Population, worker: usize) -> Mix {
     Mix::new(
         population.clone(),
         ChaCha8Rng::seed_from_u64(args.seed ^ ((worker as u64) << 32)),
-        first_id(population, args.seed, worker),
+        first_id(population, args.run_id.expect("run() sets the run id"), worker),
         args.reject_percent,
         args.salary_batch,
         args.single,
