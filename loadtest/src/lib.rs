@@ -41,7 +41,9 @@ pub struct Args {
     /// (as callers do) and follows a group's primary through a failover or a switchover.
     #[arg(long, default_value_t = 1)]
     pub attempts: u32,
-    /// Prometheus endpoint of the node, to check its counts against ours; "off" to skip.
+    /// Prometheus endpoint of the node, to check its counts against ours; for a replicated
+    /// group, every site's, comma-separated (each site counts the outcomes it answered, so the
+    /// sum is what callers were told); "off" to skip.
     #[arg(long, default_value = "http://127.0.0.1:9400/metrics")]
     pub metrics: String,
     /// Transfers per second (open loop; a fee chain counts 3, a payout --salary-batch); 0 runs
@@ -636,11 +638,22 @@ fn progress_line(tally: Arc<Tally>, started: Instant) -> tokio::task::JoinHandle
     })
 }
 
-/// The node's result counters, by result name; empty when metrics are off or unreachable.
-async fn scrape(url: &str) -> Option<BTreeMap<String, u64>> {
-    if url == "off" {
+/// The node's result counters, by result name, summed over every endpoint of the
+/// comma-separated list; `None` when metrics are off or any endpoint is unreachable.
+async fn scrape(urls: &str) -> Option<BTreeMap<String, u64>> {
+    if urls == "off" {
         return None;
     }
+    let mut sum = BTreeMap::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        for (name, n) in scrape_one(url).await? {
+            *sum.entry(name).or_default() += n;
+        }
+    }
+    Some(sum)
+}
+
+async fn scrape_one(url: &str) -> Option<BTreeMap<String, u64>> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     let path = format!("/{}", path.trim_start_matches('/'));

@@ -718,10 +718,6 @@ impl Driver {
         }
     }
 
-    fn is_leader(&self) -> bool {
-        self.replica.status().role == StateRole::Leader
-    }
-
     fn read(&mut self, read: Read) {
         let status = self.replica.status();
         if status.role != StateRole::Leader {
@@ -896,6 +892,9 @@ impl Driver {
                 }
                 continue;
             }
+            // Counted where callers are answered, once for the group: the sum over the sites
+            // of the outcomes they answered is what every caller was told.
+            count_outcomes(&applied.results, applied.summary.transfers_ok);
             for (reply, range) in entry.calls {
                 let _ = reply.send(Ok(applied.results[range].to_vec()));
             }
@@ -943,16 +942,11 @@ impl Driver {
         self.replica.take_changes(&mut changes.accounts, &mut changes.transfers);
         let last = out.applied.last().expect("called with applied entries");
         let ledger = self.replica.ledger();
-        let leader = self.is_leader();
         for applied in out.applied.iter().filter(|a| a.refused.is_none()) {
             if applied.summary.sets_limit_profiles {
                 changes.profiles = Some(ledger.limit_profiles());
             }
             if applied.summary.commands > 0 {
-                // Counted once for the group, where callers are answered.
-                if leader {
-                    count_outcomes(&applied.results, applied.summary.transfers_ok);
-                }
                 metrics::histogram!("hazina_batch_commands")
                     .record(applied.summary.commands as f64);
             }

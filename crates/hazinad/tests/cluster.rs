@@ -172,6 +172,29 @@ async fn verify(client: &Client, load: &Load) {
     assert!(accepted > 0 && refused > 0, "the load should see both outcomes");
 }
 
+/// Each site counts the outcomes it answered as primary (`hazina_results_total`): summed over
+/// the sites, whatever moved the primary, the counts since `before` are what the callers were
+/// told, but for requests in doubt (an answer lost on its way counts at the site only).
+async fn assert_counted_once(cluster: &Cluster, before: &BTreeMap<String, u64>, load: &Load) {
+    let after = cluster.results_total().await;
+    let mut told: BTreeMap<String, u64> = BTreeMap::new();
+    for result in load.acknowledged.lock().values() {
+        *told.entry(result.name().to_owned()).or_default() += 1;
+    }
+    let in_doubt = load.errors.load(Ordering::Relaxed);
+    for (name, total) in &after {
+        let counted = total - before.get(name).copied().unwrap_or(0);
+        let answered = told.get(name).copied().unwrap_or(0);
+        assert!(
+            counted >= answered && counted - answered <= in_doubt,
+            "{name}: the sites counted {counted}, callers were told {answered} ({in_doubt} in doubt)"
+        );
+    }
+    for name in told.keys() {
+        assert!(after.contains_key(name), "{name} was told but never counted");
+    }
+}
+
 /// Waits until the callers have had answers after `after_ms`; returns when the first came.
 async fn writes_resume(load: &Load, after_ms: u64, within: Duration) -> u64 {
     let deadline = Instant::now() + within;
@@ -236,6 +259,7 @@ async fn switchover_under_load_moves_the_primary_and_back() {
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     setup(&client).await;
 
+    let counted_before = cluster.results_total().await;
     let stop = Arc::new(AtomicBool::new(false));
     let (load, _began, tasks) = start_load(&client, seed, &stop);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -258,6 +282,8 @@ async fn switchover_under_load_moves_the_primary_and_back() {
     assert_eq!(cluster.primary(Duration::from_secs(10)).await, 1);
     cluster.converged(Duration::from_secs(20)).await;
     verify(&client, &load).await;
+
+    assert_counted_once(&cluster, &counted_before, &load).await;
 
     // The primary's statement of a merchant, written on whichever site was primary when each
     // line was applied, ends at the merchant's balance.
@@ -309,6 +335,7 @@ async fn an_isolated_primary_acknowledges_nothing_more_and_rejoins_as_a_standby(
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     setup(&client).await;
 
+    let counted_before = cluster.results_total().await;
     let stop = Arc::new(AtomicBool::new(false));
     let (load, began, tasks) = start_load(&client, seed, &stop);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -333,4 +360,5 @@ async fn an_isolated_primary_acknowledges_nothing_more_and_rejoins_as_a_standby(
     cluster.primary(Duration::from_secs(10)).await;
     cluster.converged(Duration::from_secs(30)).await;
     verify(&client, &load).await;
+    assert_counted_once(&cluster, &counted_before, &load).await;
 }

@@ -65,11 +65,15 @@ impl Server {
             .append(true)
             .open(data_dir.with_extension("log"))
             .expect("open the server log");
+        // No metrics endpoint unless the test asks for one.
+        let metrics_off: &[&str] =
+            if extra.contains(&"--metrics-listen") { &[] } else { &["--metrics-listen", "off"] };
         let child = Command::new(env!("CARGO_BIN_EXE_hazinad"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", listen, "--metrics-listen", "off", "--ready-file"])
+            .args(["--listen", listen, "--ready-file"])
             .arg(&ready)
+            .args(metrics_off)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -210,17 +214,20 @@ pub struct Cluster {
     /// With links: `links[(from, to)]` carries raft traffic from site `from` to site `to`.
     pub links: std::collections::BTreeMap<(u64, u64), Link>,
     pub api: Vec<String>,
+    /// Each site's Prometheus endpoint (`host:port`).
+    pub metrics: Vec<String>,
     dir: PathBuf,
     extra: Vec<String>,
 }
 
 impl Cluster {
     pub fn start(dir: &Path, extra: &[&str]) -> Cluster {
-        let ports = free_ports(6);
+        let ports = free_ports(9);
         let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let list: Vec<String> =
             (0..3).map(|i| format!("{}={},127.0.0.1:{}", i + 1, api[i], ports[3 + i])).collect();
-        Cluster::launch(dir, extra, api, vec![list; 3], std::collections::BTreeMap::new())
+        let metrics = (0..3).map(|i| format!("127.0.0.1:{}", ports[6 + i])).collect();
+        Cluster::launch(dir, extra, api, metrics, vec![list; 3], std::collections::BTreeMap::new())
     }
 
     /// Starts the three sites, each with its own `--site` list.
@@ -228,6 +235,7 @@ impl Cluster {
         dir: &Path,
         extra: &[&str],
         api: Vec<String>,
+        metrics: Vec<String>,
         site_args: Vec<Vec<String>>,
         links: std::collections::BTreeMap<(u64, u64), Link>,
     ) -> Cluster {
@@ -236,6 +244,7 @@ impl Cluster {
             site_args,
             links,
             api,
+            metrics,
             dir: dir.to_owned(),
             extra: extra.iter().map(|&s| s.to_owned()).collect(),
         };
@@ -249,9 +258,10 @@ impl Cluster {
     /// Like [`Cluster::start`], but raft traffic between every two sites goes through a
     /// [`Link`] that the test can cut. Needs a tokio runtime.
     pub async fn start_with_links(dir: &Path, extra: &[&str]) -> Cluster {
-        let ports = free_ports(6);
+        let ports = free_ports(9);
         let api: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[i])).collect();
         let peer: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", ports[3 + i])).collect();
+        let metrics = (0..3).map(|i| format!("127.0.0.1:{}", ports[6 + i])).collect();
         let mut links = std::collections::BTreeMap::new();
         for from in 1..=3u64 {
             for to in (1..=3u64).filter(|&to| to != from) {
@@ -272,7 +282,7 @@ impl Cluster {
                 .collect();
             site_args.push(list);
         }
-        Cluster::launch(dir, extra, api, site_args, links)
+        Cluster::launch(dir, extra, api, metrics, site_args, links)
     }
 
     /// Cuts (or heals) every link to and from `site`: it can still be called by clients, but
@@ -292,9 +302,33 @@ impl Cluster {
             args.push("--site".into());
             args.push(s.clone());
         }
+        args.extend(["--metrics-listen".into(), self.metrics[index].clone()]);
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Server::start_on(&self.dir.join(format!("site{site}")), &self.api[index], &args)
+    }
+
+    /// `hazina_results_total` of every site, by result name, summed: each site counts the
+    /// outcomes it answered as primary.
+    pub async fn results_total(&self) -> std::collections::BTreeMap<String, u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut sum = std::collections::BTreeMap::new();
+        for addr in &self.metrics {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint");
+            let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("ask for metrics");
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await.expect("read metrics");
+            for line in body.lines() {
+                let Some(rest) = line.strip_prefix("hazina_results_total{result=\"") else {
+                    continue;
+                };
+                let (name, value) = rest.split_once("\"} ").expect("a counter line");
+                *sum.entry(name.to_owned()).or_default() +=
+                    value.trim().parse::<u64>().expect("a count");
+            }
+        }
+        sum
     }
 
     /// Every site's API address, comma-separated, for a client that follows the primary.
