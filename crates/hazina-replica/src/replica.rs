@@ -51,6 +51,12 @@ pub struct ReplicaConfig {
     /// them in line. In line, a replica stops for the encoding: a second for a million
     /// accounts, long enough for the others to think a primary lost.
     pub snapshot_by_host: bool,
+    /// How much later than `snapshot_every` (and `snapshot_every_bytes`) this replica takes its
+    /// first snapshot since it started, in percent of the interval. Give each replica of a group
+    /// its own share (0, 33, 66 for three) and they never stop to copy their ledgers at the same
+    /// log position: a follower copying costs the group nothing, and only the primary's own copy
+    /// can hold writes up.
+    pub snapshot_stagger_percent: u64,
     /// Entries kept in the log behind a snapshot, for followers a little behind; those further
     /// behind get the snapshot.
     pub log_keep: u64,
@@ -72,6 +78,7 @@ impl ReplicaConfig {
             snapshot_every: 0,
             snapshot_every_bytes: 0,
             snapshot_by_host: false,
+            snapshot_stagger_percent: 0,
             log_keep: 1_000,
             ledger: LedgerConfig::default(),
         }
@@ -235,6 +242,8 @@ pub struct Replica<S: LogStore> {
     snapshot_every_bytes: u64,
     /// Bytes of entries applied since the last snapshot.
     applied_bytes: u64,
+    /// Entries and bytes by which the first snapshot since start comes later (the stagger).
+    snapshot_delay: (u64, u64),
     snapshot_by_host: bool,
     log_keep: u64,
     /// The index of the snapshot the log keeps (0 if none).
@@ -320,6 +329,10 @@ impl<S: LogStore> Replica<S> {
             snapshot_every: config.snapshot_every,
             snapshot_every_bytes: config.snapshot_every_bytes,
             applied_bytes: 0,
+            snapshot_delay: (
+                config.snapshot_every.saturating_mul(config.snapshot_stagger_percent) / 100,
+                config.snapshot_every_bytes.saturating_mul(config.snapshot_stagger_percent) / 100,
+            ),
             snapshot_by_host: config.snapshot_by_host,
             log_keep: config.log_keep.max(1),
             snapshot_index,
@@ -429,10 +442,11 @@ impl<S: LogStore> Replica<S> {
 
     /// Whether `snapshot_every` entries were applied since the last snapshot.
     pub fn snapshot_due(&self) -> bool {
-        let by_entries =
-            self.snapshot_every > 0 && self.applied >= self.snapshot_index + self.snapshot_every;
-        let by_bytes =
-            self.snapshot_every_bytes > 0 && self.applied_bytes >= self.snapshot_every_bytes;
+        let (delay_entries, delay_bytes) = self.snapshot_delay;
+        let by_entries = self.snapshot_every > 0
+            && self.applied >= self.snapshot_index + self.snapshot_every + delay_entries;
+        let by_bytes = self.snapshot_every_bytes > 0
+            && self.applied_bytes >= self.snapshot_every_bytes + delay_bytes;
         self.snapshot_taking.is_none() && (by_entries || by_bytes)
     }
 
@@ -456,6 +470,9 @@ impl<S: LogStore> Replica<S> {
         let conf_state = self.node.store().initial_state()?.conf_state;
         self.snapshot_taking = Some(index);
         self.applied_bytes = 0;
+        // Staggered once: from here on every interval is whole, so the offset between this
+        // replica's snapshots and the others' stays.
+        self.snapshot_delay = (0, 0);
         Ok(SnapshotJob { index, term, conf_state, copy: snapshot::LedgerCopy::of(&self.ledger) })
     }
 

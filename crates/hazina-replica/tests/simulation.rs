@@ -205,6 +205,8 @@ impl Sim {
         let config = ReplicaConfig {
             ledger: self.ledger.clone(),
             snapshot_every: SNAPSHOT_EVERY,
+            // Staggered as hazinad staggers them: 0%, 33%, 66% of an interval later.
+            snapshot_stagger_percent: (site.id - 1) * 100 / SITES.len() as u64,
             log_keep: LOG_KEEP,
             ..ReplicaConfig::new(site.id, SITES.to_vec(), timeout)
         };

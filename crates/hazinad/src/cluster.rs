@@ -151,16 +151,26 @@ impl ClusterConfig {
     /// other site's a few ticks longer, by its rank, so that elections rarely split and the
     /// preferred site wins those it takes part in.
     fn election_timeout_ticks(&self) -> usize {
+        let step = (self.election_ticks / 4).max(1);
+        (self.election_ticks + self.rank() * step).min(2 * self.election_ticks - 1)
+    }
+
+    /// 0 for the preferred site, then 1, 2, ... for the others in id order.
+    fn rank(&self) -> usize {
         let mut others: Vec<u64> =
             self.sites.iter().map(|s| s.id).filter(|&id| id != self.preferred_site).collect();
         others.sort_unstable();
-        let rank = if self.site_id == self.preferred_site {
+        if self.site_id == self.preferred_site {
             0
         } else {
             1 + others.iter().position(|&id| id == self.site_id).unwrap_or(0)
-        };
-        let step = (self.election_ticks / 4).max(1);
-        (self.election_ticks + rank * step).min(2 * self.election_ticks - 1)
+        }
+    }
+
+    /// Each site takes its snapshots a share of the interval after the site ranked before it,
+    /// so that no two copy their ledgers at once (see `ReplicaConfig::snapshot_stagger_percent`).
+    fn snapshot_stagger_percent(&self) -> u64 {
+        (self.rank() * 100 / self.sites.len().max(1)) as u64
     }
 }
 
@@ -274,6 +284,7 @@ impl ClusterNode {
         replica_config.snapshot_every = config.snapshot_every;
         replica_config.snapshot_every_bytes = config.snapshot_every_bytes;
         replica_config.snapshot_by_host = true;
+        replica_config.snapshot_stagger_percent = config.snapshot_stagger_percent();
         replica_config.log_keep = config.log_keep;
         replica_config.ledger = LedgerConfig { track_changes: true, ..config.ledger.clone() };
         let mut replica = Replica::new(&replica_config, log)
