@@ -401,22 +401,28 @@ impl Ledger {
         // Known before execution, and never asked of residency later: a record that left memory
         // is still part of the state. Each partition's ids in batch order, so that a later
         // command with an earlier one's id takes its answer, and claims go in recording order.
-        let resolve_ids =
-            |p: usize, records: &mut TransferShard, stored: &mut [bool], fresh: &mut [bool]| {
-                for (i, command) in commands.iter().enumerate() {
-                    let Command::CreateTransfer(t) = command else { continue };
-                    if partition_of(t.id, partitions) != p || t.id == 0 || t.id == u128::MAX {
-                        continue;
-                    }
-                    let first = first[i] as usize;
-                    if first == i {
-                        stored[i] = records.resolve(t.id);
-                        fresh[i] = !stored[i];
-                    } else {
-                        stored[i] = stored[first];
-                    }
+        // `records[p]` is partition `p`'s records when the caller resolves its ids, else None:
+        // one pass over the batch for all of them.
+        let resolve_ids = |records: &mut [Option<&mut TransferShard>],
+                           stored: &mut [bool],
+                           fresh: &mut [bool]| {
+            for (i, command) in commands.iter().enumerate() {
+                let Command::CreateTransfer(t) = command else { continue };
+                if t.id == 0 || t.id == u128::MAX {
+                    continue;
                 }
-            };
+                let Some(records) = &mut records[partition_of(t.id, partitions)] else {
+                    continue;
+                };
+                let first = first[i] as usize;
+                if first == i {
+                    stored[i] = records.resolve(t.id);
+                    fresh[i] = !stored[i];
+                } else {
+                    stored[i] = stored[first];
+                }
+            }
+        };
         // Only reads: every partition is shared by all the threads resolving.
         let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(Mutex::lock).collect();
         let shards: Vec<&Shard> = guards.iter().map(|guard| &**guard).collect();
@@ -431,9 +437,9 @@ impl Ledger {
         };
         if threads == 1 || n == 0 {
             resolve_slots(0, &mut s.slots);
-            for (p, records) in self.transfers.iter_mut().enumerate() {
-                resolve_ids(p, records, &mut s.stored, &mut s.fresh);
-            }
+            let mut all: Vec<Option<&mut TransferShard>> =
+                self.transfers.iter_mut().map(Some).collect();
+            resolve_ids(&mut all, &mut s.stored, &mut s.fresh);
             return;
         }
         // Each worker resolves a share of the account slots, then the ids of its partitions
@@ -441,19 +447,17 @@ impl Ledger {
         let chunk = n.div_ceil(threads);
         let mut per_worker: Vec<IdsOfWorker<'_>> = (0..threads)
             .map(|_| IdsOfWorker {
-                records: Vec::new(),
+                records: (0..partitions).map(|_| None).collect(),
                 stored: vec![false; n],
                 fresh: vec![false; n],
             })
             .collect();
         for (p, records) in self.transfers.iter_mut().enumerate() {
-            per_worker[worker_of(p, threads)].records.push((p, records));
+            per_worker[worker_of(p, threads)].records[p] = Some(records);
         }
         let work = |start: usize, slots: &mut [[u32; 2]], mine: &mut IdsOfWorker<'_>| {
             resolve_slots(start, slots);
-            for (p, records) in &mut mine.records {
-                resolve_ids(*p, records, &mut mine.stored, &mut mine.fresh);
-            }
+            resolve_ids(&mut mine.records, &mut mine.stored, &mut mine.fresh);
         };
         std::thread::scope(|scope| {
             let work = &work;
@@ -773,9 +777,10 @@ impl Ledger {
     }
 }
 
-/// The partitions whose ids one worker resolves, and what it found, by command.
+/// The partitions whose ids one worker resolves (by partition, None for the others' ones), and
+/// what it found, by command.
 struct IdsOfWorker<'a> {
-    records: Vec<(usize, &'a mut TransferShard)>,
+    records: Vec<Option<&'a mut TransferShard>>,
     stored: Vec<bool>,
     fresh: Vec<bool>,
 }
