@@ -195,6 +195,18 @@ impl Mix {
         self.population.customer(k)
     }
 
+    /// A payee other than `payer`: a send to oneself is refused (`AccountsMustBeDifferent`),
+    /// which no caller of the mix means to measure.
+    fn payee_for(&mut self, payer: u128) -> u128 {
+        let k = self.rng.random_range(0..self.population.funded());
+        let to = self.population.customer(k);
+        if to != payer {
+            return to;
+        }
+        // The next customer instead (there are at least two; it may hold nothing yet).
+        self.population.customer((k + 1) % self.population.customers)
+    }
+
     /// A few merchants take most payments: the k-th is chosen with a weight falling as a cube.
     fn skewed(&mut self, base: u128, count: u64) -> u128 {
         let u: f64 = self.rng.random();
@@ -228,7 +240,8 @@ impl Mix {
         };
         match roll {
             0..40 => {
-                let (from, to) = (self.payer(), self.payee());
+                let from = self.payer();
+                let to = self.payee_for(from);
                 let amount = self.amount(10, 5_000);
                 let mut send = transfer(self.id(), from, to, amount, TransactionType::SendMoney);
                 let mut fee = transfer(self.id(), from, FEES, SEND_FEE, TransactionType::Fee);
@@ -297,7 +310,8 @@ impl Mix {
                 Attempt { kind: "salary", transfers }
             }
             _ => {
-                let (from, to) = (self.payer(), self.payee());
+                let from = self.payer();
+                let to = self.payee_for(from);
                 let amount = self.amount(10, 2_000);
                 let t = transfer(self.id(), from, to, amount, TransactionType::SendMoney);
                 Attempt { kind: "send_money_free", transfers: vec![t] }
@@ -313,5 +327,38 @@ impl Mix {
 
     pub fn resend(&mut self, percent: u32) -> bool {
         self.rng.random_range(0..100) < percent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn no_attempt_pays_its_own_payer() {
+        // Two funded customers: a payee drawn at random is the payer half of the time.
+        let population =
+            Population { customers: 3, tills: 1, paybills: 1, agents: 1, employers: 1 };
+        for single in [false, true] {
+            let seed = 7;
+            let mut mix = Mix::new(
+                population.clone(),
+                ChaCha8Rng::seed_from_u64(seed),
+                1 << 40,
+                0,
+                5,
+                single,
+            );
+            let mut sends = 0;
+            for _ in 0..5_000 {
+                for t in mix.attempt().transfers {
+                    assert_ne!(t.debit_account_id, t.credit_account_id, "seed {seed}: {t:?}");
+                    sends += usize::from(t.tx_type == TransactionType::SendMoney as u16);
+                }
+            }
+            assert!(sends > 100, "the mix sends money between customers ({sends})");
+        }
     }
 }
