@@ -27,8 +27,9 @@
 //!
 //! A site of a replicated group keeps raft's log in a database of its own, [`RaftLog`], beside
 //! the state: its synced writes then never wait for the state's memtables to be switched and
-//! flushed (measured: seconds, docs/BENCHMARKS.md), and the state there is written without the
-//! WAL only.
+//! flushed (measured: seconds, docs/BENCHMARKS.md). Its state database holds only statement
+//! lines and `applied` ([`Store::write_statements`], without the WAL): the site rebuilds its
+//! ledger from raft's snapshot and log, never from stored accounts or records.
 
 mod raft_log;
 
@@ -276,16 +277,28 @@ impl Store {
                 _ => batch.delete_cf(holds_cf, id),
             }
         }
-        let mut lines = history_lines(changes);
-        lines.sort_by_key(|line| line.0);
-        for (key, value) in lines {
-            batch.put_cf(history_cf, key, value);
-        }
+        put_statements(&mut batch, history_cf, changes);
         let meta = self.cf(CF_META);
         batch.put_cf(meta, META_APPLIED, encode_applied(applied));
         if let Some(profiles) = &changes.profiles {
             batch.put_cf(meta, META_PROFILES, encode_profiles(profiles));
         }
+        self.write_unlogged(batch)
+    }
+
+    /// Writes only the statement lines of what entry `applied.index` changed, and `applied`,
+    /// without the write-ahead log: for a site of a replicated group, which rebuilds its ledger
+    /// from raft's snapshot and log and never reads the stored accounts or records back. Two
+    /// thirds of [`Store::write_state`]'s keys per transfer (two accounts and the record) are
+    /// then never written.
+    pub fn write_statements(&self, applied: &Applied, changes: &Changes) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        put_statements(&mut batch, self.cf(CF_HISTORY), changes);
+        batch.put_cf(self.cf(CF_META), META_APPLIED, encode_applied(applied));
+        self.write_unlogged(batch)
+    }
+
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.disable_wal(true);
         self.db.write_opt(batch, &options)?;
@@ -551,6 +564,15 @@ fn decode_history(key: &[u8], value: &[u8]) -> Result<HistoryEntry, StoreError> 
         tx_type: u16::from_le_bytes(v[49..51].try_into().expect("2 bytes")),
         counterparty_id: u128_at(51),
     })
+}
+
+/// Adds an entry's statement lines to `batch`, in key order (see [`Store::write_state`]).
+fn put_statements(batch: &mut WriteBatch, history: &rocksdb::ColumnFamily, changes: &Changes) {
+    let mut lines = history_lines(changes);
+    lines.sort_by_key(|line| line.0);
+    for (key, value) in lines {
+        batch.put_cf(history, key, value);
+    }
 }
 
 /// The statement lines of one entry: every successful transfer that moved posted money (a plain

@@ -4,15 +4,19 @@
 //! ```text
 //!  gRPC handlers ─┐                     ┌─▶ peer senders (one tokio task per site) ─▶ sites
 //!  peer service ──┼─inputs─▶ driver ────┤
-//!  sender reports ┘        (one thread) └─▶ replies to the gRPC handlers
+//!  sender reports ┘        (one thread) └─▶ statement writer ─▶ replies to the gRPC handlers
+//!                                           (one thread)
 //! ```
 //!
 //! The driver owns the [`Replica`]. Each round it takes what is queued (requests, peer
 //! messages, reports), ticks raft on its clock, proposes the round's commands as one entry if
 //! it leads, and runs `handle_ready`: one synced RocksDB write for the new entries and the term
-//! and vote, the messages to send, the committed entries applied to the ledger. A caller gets
-//! its results only when its entry was applied by the leader that proposed it, in the same
-//! term: by then it is durable on this site and at least one other (docs/adr/0003). While the
+//! and vote, the messages to send, the committed entries applied to the ledger. What the
+//! applied entries changed goes to the statement writer, which writes their statement lines
+//! and then answers their callers; the driver goes on at once, so its heartbeats never wait on
+//! the state. A caller gets its results only when its entry was applied by the leader that
+//! proposed it, in the same term: by then it is durable on this site and at least one other
+//! (docs/adr/0003). While the
 //! driver writes, requests queue, so the next round's entry is larger: group commit.
 //!
 //! Writes and reads go to the primary; a standby answers them with [`NodeError::NotLeader`],
@@ -40,6 +44,25 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::node::{NodeError, StartError, admit_and_send, count_outcomes};
+
+/// Writes the statement lines of applied rounds in order and then answers their callers; stops
+/// when the driver does, after the rounds already handed over.
+fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
+    while let Ok(round) = rounds.recv() {
+        let started = Instant::now();
+        if let Err(e) = store.write_statements(&round.applied, &round.changes) {
+            tracing::error!(error = %e, "writing statements failed; stopping");
+            eprintln!("hazinad: writing statements failed: {e}; stopping");
+            std::process::abort();
+        }
+        metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
+        shared.applied_index.store(round.applied.index, Ordering::Relaxed);
+        metrics::gauge!("hazina_applied_index").set(round.applied.index as f64);
+        for (reply, results) in round.answers {
+            let _ = reply.send(Ok(results));
+        }
+    }
+}
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -241,6 +264,10 @@ struct Shared {
     /// This site's id while it leads and has applied an entry of its term (so everything
     /// committed before it), else 0; the statement reads check it.
     leader: AtomicU64,
+    /// The applied index when `leader` was last set: statements are served once the statement
+    /// writer has written up to it.
+    reads_index: AtomicU64,
+    /// The last entry whose statement lines are written.
     applied_index: AtomicU64,
     inbox: AtomicUsize,
     known_leader: Mutex<Option<u64>>,
@@ -257,8 +284,20 @@ pub struct ClusterNode {
     shared: Arc<Shared>,
     sites: Vec<Site>,
     site_id: u64,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The driver, then the statement writer.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Answers waiting for an applied round's statement lines to be written.
+struct Statements {
+    applied: Applied,
+    changes: Changes,
+    answers: Vec<(ResultsTx, Vec<ResultCode>)>,
+}
+
+/// Rounds whose statements may wait for the statement writer; beyond this the driver waits
+/// (the writer is behind the disk or the cores, and the group is overloaded).
+const STATEMENT_ROUNDS_MAX: usize = 16;
 
 impl ClusterNode {
     /// Opens the store and the raft log, rebuilds the ledger from the kept snapshot and the
@@ -305,7 +344,10 @@ impl ClusterNode {
         );
 
         let shared = Arc::new(Shared::default());
-        shared.applied_index.store(status.applied_index, Ordering::Relaxed);
+        // Statements are written up to the first entry recovery applied (the first round
+        // writes that entry's and the later ones').
+        let written = out.applied.first().map_or(status.applied_index, |a| a.index - 1);
+        shared.applied_index.store(written, Ordering::Relaxed);
         let (inputs_tx, inputs_rx) = crossbeam_channel::unbounded();
         let mut peers = HashMap::new();
         for site in config.sites.iter().filter(|s| s.id != config.site_id) {
@@ -321,9 +363,10 @@ impl ClusterNode {
             peers.insert(site.id, tx);
         }
         let queued = Arc::new(AtomicUsize::new(0));
+        let (statements_tx, statements_rx) = crossbeam_channel::bounded(STATEMENT_ROUNDS_MAX);
         let driver = Driver {
             replica,
-            store: Arc::clone(&store),
+            statements: statements_tx,
             inputs: inputs_rx,
             peers,
             queued: Arc::clone(&queued),
@@ -344,6 +387,11 @@ impl ClusterNode {
             reports: inputs_tx.clone(),
             snapshots_installed: 0,
         };
+        let (store_w, shared_w) = (Arc::clone(&store), Arc::clone(&shared));
+        let writer = std::thread::Builder::new()
+            .name("hazina-statements".into())
+            .spawn(move || write_statements(&store_w, &statements_rx, &shared_w))
+            .map_err(|e| StartError::Config(format!("statement writer thread: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("hazina-driver".into())
             .spawn(move || driver.run())
@@ -357,7 +405,7 @@ impl ClusterNode {
             shared,
             sites: config.sites,
             site_id: config.site_id,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(vec![thread, writer]),
         })
     }
 
@@ -414,8 +462,14 @@ impl ClusterNode {
         from: Timestamp,
         limit: usize,
     ) -> Result<HistoryPage, NodeError> {
-        if self.shared.leader.load(Ordering::Relaxed) != self.site_id {
+        if self.shared.leader.load(Ordering::Acquire) != self.site_id {
             return Err(self.not_leader());
+        }
+        let written = self.shared.applied_index.load(Ordering::Relaxed);
+        if written < self.shared.reads_index.load(Ordering::Relaxed) {
+            // A new primary whose statement writer is still writing what was committed before
+            // it took over.
+            return Err(NodeError::Busy("this new primary is still writing statements".into()));
         }
         self.store.history(account, from, limit).map_err(|e| NodeError::Storage(e.to_string()))
     }
@@ -457,13 +511,15 @@ impl ClusterNode {
         self.shared.applied_index.load(Ordering::Relaxed)
     }
 
-    /// Stops the driver (answering what is queued with `Stopped` or `NotLeader`) and joins it.
+    /// Stops the driver (answering what is queued with `Stopped` or `NotLeader`) and the
+    /// statement writer (which answers what was applied first), and joins them.
     pub fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown);
-        if let Some(thread) = self.thread.lock().take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the driver thread panicked");
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a site thread panicked");
+            }
         }
     }
 }
@@ -560,7 +616,8 @@ enum Read {
 
 struct Driver {
     replica: Replica<RaftLog>,
-    store: Arc<Store>,
+    /// To the statement writer, which answers the callers of applied entries.
+    statements: Sender<Statements>,
     inputs: Receiver<Input>,
     peers: HashMap<u64, mpsc::Sender<Message>>,
     queued: Arc<AtomicUsize>,
@@ -857,7 +914,7 @@ impl Driver {
             tracing::warn!(
                 raft_ms = raft.as_millis(),
                 round_ms = round.as_millis(),
-                "slow round: the log write and apply (raft_ms), then storing the state"
+                "slow round: the log write and apply (raft_ms), then handing over the statements"
             );
         }
     }
@@ -879,9 +936,7 @@ impl Driver {
             metrics::counter!("hazina_snapshots_installed_total").increment(1);
             tracing::info!(index, digest = format!("{digest:032x}"), "installed a snapshot");
         }
-        if !out.applied.is_empty() {
-            self.store_applied(&out);
-        }
+        let mut statements = (!out.applied.is_empty()).then(|| self.take_statements(&out));
         let status = self.replica.status();
         for applied in out.applied {
             if status.role == StateRole::Leader && applied.term == status.term {
@@ -906,9 +961,15 @@ impl Driver {
             // Counted where callers are answered, once for the group: the sum over the sites
             // of the outcomes they answered is what every caller was told.
             count_outcomes(&applied.results, applied.summary.transfers_ok);
+            let answers = &mut statements.as_mut().expect("taken for applied entries").answers;
             for (reply, range) in entry.calls {
-                let _ = reply.send(Ok(applied.results[range].to_vec()));
+                answers.push((reply, applied.results[range].to_vec()));
             }
+        }
+        if let Some(statements) = statements
+            && self.statements.send(statements).is_err()
+        {
+            tracing::error!("the statement writer stopped");
         }
         self.after_changes(status);
     }
@@ -946,17 +1007,18 @@ impl Driver {
         }
     }
 
-    /// Writes what the applied entries changed (statements, records, accounts), so that
-    /// `GetAccountHistory` finds it, before any caller hears of it.
-    fn store_applied(&mut self, out: &Output) {
+    /// What the applied entries changed, for the statement writer, which writes their
+    /// statement lines and then answers their callers (so that `GetAccountHistory` finds a
+    /// transfer once its caller heard of it). The driver does not wait for the write: a round
+    /// that wrote the statements of 8,000 transfers took long enough, under load on two cores,
+    /// to miss heartbeats and call elections (docs/BENCHMARKS.md).
+    fn take_statements(&mut self, out: &Output) -> Statements {
         let mut changes = Changes::default();
         self.replica.take_changes(&mut changes.accounts, &mut changes.transfers);
         let last = out.applied.last().expect("called with applied entries");
         let ledger = self.replica.ledger();
+        // Limit profiles are not stored here: they travel in raft's snapshots.
         for applied in out.applied.iter().filter(|a| a.refused.is_none()) {
-            if applied.summary.sets_limit_profiles {
-                changes.profiles = Some(ledger.limit_profiles());
-            }
             if applied.summary.commands > 0 {
                 metrics::histogram!("hazina_batch_commands")
                     .record(applied.summary.commands as f64);
@@ -968,15 +1030,7 @@ impl Driver {
             transfers_digest: ledger.transfers_digest(),
             timestamp_last: ledger.timestamp_last(),
         };
-        let started = Instant::now();
-        if let Err(e) = self.store.write_state(&applied, &changes) {
-            tracing::error!(error = %e, "writing the state failed; stopping");
-            eprintln!("hazinad: writing the state failed: {e}; stopping");
-            std::process::abort();
-        }
-        metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
-        self.shared.applied_index.store(last.index, Ordering::Relaxed);
-        metrics::gauge!("hazina_applied_index").set(last.index as f64);
+        Statements { applied, changes, answers: Vec::new() }
     }
 
     /// Notices changes of role and primary, fails what a lost leadership cannot answer, and
@@ -1023,7 +1077,13 @@ impl Driver {
             }
         }
         let reads = status.role == StateRole::Leader && self.reads_term == status.term;
-        self.shared.leader.store(if reads { self.site_id } else { 0 }, Ordering::Relaxed);
+        let reader = if reads { self.site_id } else { 0 };
+        if self.shared.leader.load(Ordering::Relaxed) != reader {
+            if reads {
+                self.shared.reads_index.store(status.applied_index, Ordering::Relaxed);
+            }
+            self.shared.leader.store(reader, Ordering::Release);
+        }
         if reads {
             for read in std::mem::take(&mut self.deferred_reads) {
                 self.answer_read(read);
