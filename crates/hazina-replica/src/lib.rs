@@ -17,5 +17,5 @@ pub use raft::StateRole;
 pub use raft::eraftpb::Message;
 pub use replica::{
     Applied, EntrySummary, Output, Proposal, ProposeError, Replica, ReplicaConfig, ReplicaError,
-    ReplicaStatus, SnapshotJob,
+    ReplicaStatus, SNAPSHOT_BYTES_GROWTH_MAX, SnapshotJob,
 };

@@ -44,7 +44,10 @@ pub struct ReplicaConfig {
     /// Entries applied between snapshots of the ledger; 0 never takes one (the log grows).
     pub snapshot_every: u64,
     /// Bytes of entries applied between snapshots, whichever comes first (0: no such bound).
-    /// Bounds the log in memory when entries are large.
+    /// Bounds the log in memory when entries are large. The bound grows with the ledger: it is
+    /// at least twice the size of the last snapshot (up to [`SNAPSHOT_BYTES_GROWTH_MAX`] times
+    /// this), so that copying and encoding a large ledger, whose cost grows with its size, is
+    /// not repeated after every few hundred megabytes of log.
     pub snapshot_every_bytes: u64,
     /// Whether the host takes the snapshots ([`Replica::begin_snapshot`], encoding them on a
     /// thread of its own, then [`Replica::finish_snapshot`]) instead of `handle_ready` taking
@@ -84,6 +87,10 @@ impl ReplicaConfig {
         }
     }
 }
+
+/// How far the byte bound between snapshots grows with the snapshot's size, at most, in times
+/// [`ReplicaConfig::snapshot_every_bytes`]: it bounds the log a replica holds in memory.
+pub const SNAPSHOT_BYTES_GROWTH_MAX: u64 = 4;
 
 /// Why a proposal was not taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,6 +249,8 @@ pub struct Replica<S: LogStore> {
     snapshot_every_bytes: u64,
     /// Bytes of entries applied since the last snapshot.
     applied_bytes: u64,
+    /// Bytes of the last snapshot kept or installed (0 if none since start).
+    snapshot_bytes: u64,
     /// Entries and bytes by which the first snapshot since start comes later (the stagger).
     snapshot_delay: (u64, u64),
     snapshot_by_host: bool,
@@ -302,17 +311,18 @@ impl<S: LogStore> Replica<S> {
             ..raft::Config::default()
         };
         // Start from the snapshot the log keeps, if any; raft hands over the entries after it.
-        let (ledger, snapshot_index) = match log.kept_snapshot() {
+        let (ledger, snapshot_index, snapshot_bytes) = match log.kept_snapshot() {
             Some(s) => {
                 let index = s.get_metadata().index;
                 let ledger = snapshot::decode(&s.data, config.ledger.clone())
                     .map_err(|error| ReplicaError::Codec { index, error })?;
-                (ledger, index)
+                (ledger, index, s.data.len() as u64)
             }
             None => (
                 Ledger::new(config.ledger.clone()).map_err(|e| {
                     ReplicaError::Unsupported(format!("ledger configuration: {e:?}"))
                 })?,
+                0,
                 0,
             ),
         };
@@ -329,6 +339,7 @@ impl<S: LogStore> Replica<S> {
             snapshot_every: config.snapshot_every,
             snapshot_every_bytes: config.snapshot_every_bytes,
             applied_bytes: 0,
+            snapshot_bytes,
             snapshot_delay: (
                 config.snapshot_every.saturating_mul(config.snapshot_stagger_percent) / 100,
                 config.snapshot_every_bytes.saturating_mul(config.snapshot_stagger_percent) / 100,
@@ -433,6 +444,7 @@ impl<S: LogStore> Replica<S> {
         self.ledger = snapshot::decode(&snapshot.data, self.ledger.config().clone())
             .map_err(|error| ReplicaError::Codec { index, error })?;
         self.node.mut_store().install_snapshot(snapshot)?;
+        self.snapshot_bytes = snapshot.data.len() as u64;
         self.applied = index;
         self.snapshot_index = index;
         self.stamp_floor = None;
@@ -440,13 +452,23 @@ impl<S: LogStore> Replica<S> {
         Ok(())
     }
 
-    /// Whether `snapshot_every` entries were applied since the last snapshot.
+    /// Bytes of entries applied after which a snapshot is due: `snapshot_every_bytes`, or twice
+    /// the last snapshot if that is more, up to `SNAPSHOT_BYTES_GROWTH_MAX` times the former.
+    pub fn snapshot_bytes_bound(&self) -> u64 {
+        let every = self.snapshot_every_bytes;
+        self.snapshot_bytes
+            .saturating_mul(2)
+            .clamp(every, every.saturating_mul(SNAPSHOT_BYTES_GROWTH_MAX))
+    }
+
+    /// Whether `snapshot_every` entries (or the byte bound) were applied since the last
+    /// snapshot.
     pub fn snapshot_due(&self) -> bool {
         let (delay_entries, delay_bytes) = self.snapshot_delay;
         let by_entries = self.snapshot_every > 0
             && self.applied >= self.snapshot_index + self.snapshot_every + delay_entries;
         let by_bytes = self.snapshot_every_bytes > 0
-            && self.applied_bytes >= self.snapshot_every_bytes + delay_bytes;
+            && self.applied_bytes >= self.snapshot_bytes_bound() + delay_bytes;
         self.snapshot_taking.is_none() && (by_entries || by_bytes)
     }
 
@@ -489,6 +511,7 @@ impl<S: LogStore> Replica<S> {
         if job.index <= self.snapshot_index {
             return Ok(());
         }
+        self.snapshot_bytes = data.len() as u64;
         let mut snapshot = Snapshot { data: data.into(), ..Snapshot::default() };
         let meta = snapshot.mut_metadata();
         meta.index = job.index;

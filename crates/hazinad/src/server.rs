@@ -60,6 +60,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every: u64,
     /// Megabytes of entries applied between snapshots, whichever comes first: bounds the log.
+    /// It grows to twice the last snapshot's size, up to four times this, so that a large
+    /// ledger is not copied after every few hundred megabytes of log.
     #[arg(long, default_value_t = 512)]
     pub snapshot_every_mb: u64,
     /// Entries kept behind a snapshot, for standbys a little behind.
