@@ -273,7 +273,7 @@ pub struct SnapshotJob {
 }
 
 impl SnapshotJob {
-    /// The snapshot's bytes (what [`snapshot::decode`] reads). The copy is sorted here, so
+    /// The snapshot's bytes (what [`snapshot::decode`] reads). The copy is encoded here, so
     /// that the replica's thread only copies.
     pub fn encode(&mut self) -> Vec<u8> {
         std::mem::replace(&mut self.copy, snapshot::LedgerCopy::empty()).encode()
@@ -464,11 +464,23 @@ impl<S: LogStore> Replica<S> {
     /// Whether `snapshot_every` entries (or the byte bound) were applied since the last
     /// snapshot.
     pub fn snapshot_due(&self) -> bool {
+        self.snapshot_past(1)
+    }
+
+    /// Whether twice the interval passed since the last snapshot. A host may put off a due
+    /// snapshot on its primary until then: the primary's copy of its ledger holds up every
+    /// write, a standby's only that standby. The log then grows to twice its bound at most.
+    pub fn snapshot_overdue(&self) -> bool {
+        self.snapshot_past(2)
+    }
+
+    fn snapshot_past(&self, intervals: u64) -> bool {
         let (delay_entries, delay_bytes) = self.snapshot_delay;
         let by_entries = self.snapshot_every > 0
-            && self.applied >= self.snapshot_index + self.snapshot_every + delay_entries;
+            && self.applied
+                >= self.snapshot_index + self.snapshot_every * intervals + delay_entries;
         let by_bytes = self.snapshot_every_bytes > 0
-            && self.applied_bytes >= self.snapshot_bytes_bound() + delay_bytes;
+            && self.applied_bytes >= self.snapshot_bytes_bound() * intervals + delay_bytes;
         self.snapshot_taking.is_none() && (by_entries || by_bytes)
     }
 

@@ -57,6 +57,8 @@ pub struct RaftLog {
     db: DB,
     dir: std::path::PathBuf,
     mem: MemLog,
+    /// Time spent in writes to the database since open, for the host's slow-round reports.
+    write_time: std::cell::Cell<std::time::Duration>,
 }
 
 fn snapshot_path(dir: &Path, index: u64) -> std::path::PathBuf {
@@ -166,7 +168,7 @@ impl RaftLog {
         }
         let mem = MemLog::restore(hard_state, conf_state, snapshot, offset, entries)
             .map_err(|e| StoreError::Corrupt(e.0))?;
-        Ok(RaftLog { db, dir: path.to_owned(), mem })
+        Ok(RaftLog { db, dir: path.to_owned(), mem, write_time: Default::default() })
     }
 
     /// The log as held in memory (for status and tests).
@@ -177,7 +179,15 @@ impl RaftLog {
     fn commit(&self, batch: WriteBatch, sync: bool) -> Result<(), WriteError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync);
-        self.db.write_opt(batch, &options).map_err(write_error)
+        let started = std::time::Instant::now();
+        let written = self.db.write_opt(batch, &options).map_err(write_error);
+        self.write_time.set(self.write_time.get() + started.elapsed());
+        written
+    }
+
+    /// Time spent writing to the database (entries, term and vote, commit index) since open.
+    pub fn write_time(&self) -> std::time::Duration {
+        self.write_time.get()
     }
 
     /// Removes the file of the snapshot kept before, now replaced by the one at `index`.

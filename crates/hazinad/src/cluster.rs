@@ -896,6 +896,7 @@ impl Driver {
     fn ready(&mut self) {
         let mut out = Output::default();
         let started = Instant::now();
+        let written_before = self.replica.log().write_time();
         if let Err(e) = self.replica.handle_ready(&mut out) {
             // The log or the ledger cannot go on: stop, and let a restart recover from the log.
             tracing::error!(error = %e, "replica failed; stopping");
@@ -903,18 +904,28 @@ impl Driver {
             std::process::abort();
         }
         let raft = started.elapsed();
+        let log_write = self.replica.log().write_time().saturating_sub(written_before);
         metrics::histogram!("hazina_raft_ready_seconds").record(raft.as_secs_f64());
         self.finish_ready(out);
         if self.replica.snapshot_due() {
-            self.start_snapshot();
+            // A primary's copy holds up every write (seconds for a large ledger on a busy
+            // machine, long enough for an election); a standby's holds up only itself. So the
+            // primary puts its snapshot off, up to twice the interval, while the standbys take
+            // theirs.
+            let leads = self.replica.status().role == StateRole::Leader;
+            if !leads || self.replica.snapshot_overdue() {
+                self.start_snapshot();
+            }
         }
         let round = started.elapsed();
         if round > self.tick * 5 {
             // Longer than a few ticks keeps heartbeats from the standbys: say where it went.
             tracing::warn!(
                 raft_ms = raft.as_millis(),
+                log_write_ms = log_write.as_millis(),
                 round_ms = round.as_millis(),
-                "slow round: the log write and apply (raft_ms), then handing over the statements"
+                "slow round: raft's ready (raft_ms: the log write, log_write_ms, and apply), then \
+                 handing over the statements"
             );
         }
     }
