@@ -67,6 +67,11 @@ pub struct LedgerConfig {
     /// pending holds) and older records leave memory: a host that sets it must load back with
     /// [`Ledger::load_transfer`] every record a batch names before applying it.
     pub transfers_generation_max: usize,
+    /// Transfer records to reserve memory for up front, over all partitions, when every record
+    /// is kept (`transfers_generation_max` = 0). Past it the index grows by doubling, which
+    /// rehashes every record it holds in one batch: about a quarter of a second at 8M records,
+    /// long enough for a replicated site to miss its heartbeats.
+    pub transfers_capacity: usize,
     /// Keep a list of the accounts and transfer records each batch writes, for a host that
     /// stores them ([`Ledger::take_changes`]). Off, the ledger does not pay for it.
     pub track_changes: bool,
@@ -85,6 +90,7 @@ impl Default for LedgerConfig {
             limit_profiles_max: 1_024,
             accounts_capacity: 0,
             transfers_generation_max: 0,
+            transfers_capacity: 0,
             track_changes: false,
         }
     }
@@ -216,9 +222,14 @@ impl Ledger {
             })
             .collect();
         let generation_max = config.transfers_generation_max.div_ceil(config.partitions);
+        let capacity = if generation_max == 0 {
+            config.transfers_capacity.div_ceil(config.partitions)
+        } else {
+            generation_max + config.batch_commands_max
+        };
         let transfers = (0..config.partitions)
             .map(|_| {
-                let mut records = TransferShard::new(generation_max, config.batch_commands_max);
+                let mut records = TransferShard::new(generation_max, capacity);
                 records.changed = track.then(Vec::new);
                 records
             })

@@ -264,13 +264,16 @@ pub(crate) struct TransferShard {
 }
 
 impl TransferShard {
-    /// A partition's records, with room for `batch_max` more than a generation: a generation
-    /// fills up during a batch and rotates only after it.
-    pub fn new(generation_max: usize, batch_max: usize) -> TransferShard {
-        let capacity = if generation_max == 0 { 0 } else { generation_max + batch_max };
+    /// A partition's records, `generation_max` per generation (0: one generation that keeps
+    /// every record), with room for `capacity` in a generation before it grows. The ledger
+    /// gives a generation a batch more than its size: it fills up during a batch and rotates
+    /// only after it.
+    pub fn new(generation_max: usize, capacity: usize) -> TransferShard {
+        // Without rotation the previous generation stays empty.
+        let previous = if generation_max == 0 { 0 } else { capacity };
         TransferShard {
             current: Generation::with_capacity(capacity),
-            previous: Generation::with_capacity(capacity),
+            previous: Generation::with_capacity(previous),
             generation_max,
             claimed: 0,
             digest: 0,

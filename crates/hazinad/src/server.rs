@@ -96,6 +96,12 @@ pub struct Args {
     /// 1,000,000. A replicated site keeps every record (0, the only value it takes).
     #[arg(long)]
     pub generation_max: Option<usize>,
+    /// Transfer records a replicated site reserves memory for (it keeps every record): past
+    /// this its index doubles, rehashing every record at once (a quarter of a second at 8M, an
+    /// election under load). The index's table is allocated at start: 24 bytes a slot, 2^25
+    /// slots (0.8 GB) for the default, resident once a few million records are in.
+    #[arg(long, default_value_t = 16_000_000)]
+    pub records_capacity: usize,
     /// Commands applied between checkpoints: bounds the log a restart after a crash replays.
     #[arg(long, default_value_t = 2_000_000)]
     pub checkpoint_every: u64,
@@ -149,6 +155,7 @@ impl Args {
             preferred_site,
             ledger: LedgerConfig {
                 transfers_generation_max: self.generation_max.unwrap_or(0),
+                transfers_capacity: self.records_capacity,
                 ..single.ledger
             },
             queue_commands_max: self.queue_max,
