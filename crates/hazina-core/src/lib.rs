@@ -47,6 +47,7 @@ mod types;
 pub use command::{Account, Command, HistoryEntry, HistoryPage, NewAccount, NewTransfer, Transfer};
 pub use ledger::{ApplyError, ConfigError, Ledger, LedgerConfig, PARTITIONS_MAX, RestoreError};
 pub use result::ResultCode;
+pub use shard::RecordsCopy;
 pub use types::{
     AccountFlags, AccountKind, AccountStatus, Amount, CURRENCY_KES, Currency, HoldState,
     LimitProfile, LimitProfileId, Timestamp, TransactionType, TransferFlags, nairobi_day,

@@ -23,7 +23,8 @@ pub fn encode(ledger: &Ledger) -> Vec<u8> {
 pub struct LedgerCopy {
     accounts: Vec<hazina_core::Account>,
     profiles: BTreeMap<u32, LimitProfile>,
-    transfers: Vec<hazina_core::Transfer>,
+    /// Shares the ledger's full chunks of records: taking the copy copies accounts only.
+    transfers: hazina_core::RecordsCopy,
     transfers_digest: u128,
     timestamp_last: u64,
 }
@@ -33,7 +34,7 @@ impl LedgerCopy {
         LedgerCopy {
             accounts: ledger.accounts_unordered(),
             profiles: ledger.limit_profiles(),
-            transfers: ledger.transfers_unordered(),
+            transfers: ledger.transfers_shared(),
             transfers_digest: ledger.transfers_digest(),
             timestamp_last: ledger.timestamp_last(),
         }
@@ -44,7 +45,7 @@ impl LedgerCopy {
         LedgerCopy {
             accounts: Vec::new(),
             profiles: BTreeMap::new(),
-            transfers: Vec::new(),
+            transfers: hazina_core::RecordsCopy::default(),
             transfers_digest: 0,
             timestamp_last: 0,
         }
@@ -76,7 +77,7 @@ impl LedgerCopy {
                 out.extend_from_slice(&limit.to_le_bytes());
             }
         }
-        for transfer in transfers {
+        for transfer in transfers.iter() {
             codec::encode_transfer(transfer, &mut out);
         }
         out
