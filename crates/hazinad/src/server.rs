@@ -55,8 +55,9 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub election_ticks: usize,
     /// Entries applied between snapshots of a replicated site's ledger (the log in memory and
-    /// on disk is compacted behind each). A snapshot copies the whole ledger: about 0.2 s of
-    /// pause per million accounts (docs/BENCHMARKS.md), so keep them rare.
+    /// on disk is compacted behind each). A snapshot copies the accounts (the records are
+    /// shared): 0.25 to 1.3 s of pause per million accounts on a busy 2-core machine
+    /// (docs/BENCHMARKS.md), so keep them rare.
     #[arg(long, default_value_t = 1_000_000)]
     pub snapshot_every: u64,
     /// Megabytes of entries applied between snapshots, whichever comes first: bounds the log.
