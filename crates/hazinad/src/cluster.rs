@@ -16,8 +16,8 @@
 //! and then answers their callers; the driver goes on at once, so its heartbeats never wait on
 //! the state. A caller gets its results only when its entry was applied by the leader that
 //! proposed it, in the same term: by then it is durable on this site and at least one other
-//! (docs/adr/0003). While the
-//! driver writes, requests queue, so the next round's entry is larger: group commit.
+//! (docs/adr/0003). While the driver writes, requests queue, so the next round's entry is
+//! larger: group commit.
 //!
 //! Writes and reads go to the primary; a standby answers them with [`NodeError::NotLeader`],
 //! naming the primary, which clients follow. A new primary answers reads only once it applied an
@@ -44,25 +44,6 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::node::{NodeError, StartError, admit_and_send, count_outcomes};
-
-/// Writes the statement lines of applied rounds in order and then answers their callers; stops
-/// when the driver does, after the rounds already handed over.
-fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
-    while let Ok(round) = rounds.recv() {
-        let started = Instant::now();
-        if let Err(e) = store.write_statements(&round.applied, &round.changes) {
-            tracing::error!(error = %e, "writing statements failed; stopping");
-            eprintln!("hazinad: writing statements failed: {e}; stopping");
-            std::process::abort();
-        }
-        metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
-        shared.applied_index.store(round.applied.index, Ordering::Relaxed);
-        metrics::gauge!("hazina_applied_index").set(round.applied.index as f64);
-        for (reply, results) in round.answers {
-            let _ = reply.send(Ok(results));
-        }
-    }
-}
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -543,6 +524,25 @@ fn unix_ms() -> u64 {
 fn now_nanos() -> Timestamp {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Writes the statement lines of applied rounds in order and then answers their callers; stops
+/// when the driver does, after the rounds already handed over.
+fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
+    while let Ok(round) = rounds.recv() {
+        let started = Instant::now();
+        if let Err(e) = store.write_statements(&round.applied, &round.changes) {
+            tracing::error!(error = %e, "writing statements failed; stopping");
+            eprintln!("hazinad: writing statements failed: {e}; stopping");
+            std::process::abort();
+        }
+        metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
+        shared.applied_index.store(round.applied.index, Ordering::Relaxed);
+        metrics::gauge!("hazina_applied_index").set(round.applied.index as f64);
+        for (reply, results) in round.answers {
+            let _ = reply.send(Ok(results));
+        }
+    }
 }
 
 /// Sends one peer its messages, in order, batching what queued meanwhile. A failed call is
