@@ -249,7 +249,7 @@ pub struct Replica<S: LogStore> {
     snapshot_every_bytes: u64,
     /// Bytes of entries applied since the last snapshot.
     applied_bytes: u64,
-    /// Bytes of the last snapshot kept or installed (0 if none since start).
+    /// Bytes of the last snapshot kept, installed or started from (0 if there is none).
     snapshot_bytes: u64,
     /// Entries and bytes by which the first snapshot since start comes later (the stagger).
     snapshot_delay: (u64, u64),
