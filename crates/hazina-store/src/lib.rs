@@ -28,8 +28,8 @@
 //! A site of a replicated group keeps raft's log in a database of its own, [`RaftLog`], beside
 //! the state: its synced writes then never wait for the state's memtables to be switched and
 //! flushed (measured: seconds, docs/BENCHMARKS.md). Its state database holds only statement
-//! lines and `applied` ([`Store::write_statements`], without the WAL): the site rebuilds its
-//! ledger from raft's snapshot and log, never from stored accounts or records.
+//! lines ([`Store::write_statements`], without the WAL): the site rebuilds its ledger from
+//! raft's snapshot and log, never from stored accounts, records or `applied`.
 
 mod raft_log;
 
@@ -286,15 +286,14 @@ impl Store {
         self.write_unlogged(batch)
     }
 
-    /// Writes only the statement lines of what entry `applied.index` changed, and `applied`,
-    /// without the write-ahead log: for a site of a replicated group, which rebuilds its ledger
-    /// from raft's snapshot and log and never reads the stored accounts or records back. Two
-    /// thirds of [`Store::write_state`]'s keys per transfer (two accounts and the record) are
-    /// then never written.
-    pub fn write_statements(&self, applied: &Applied, changes: &Changes) -> Result<(), StoreError> {
+    /// Writes only the statement lines of what some entries changed, without the write-ahead
+    /// log: for a site of a replicated group, which rebuilds its ledger from raft's snapshot and
+    /// log and never reads stored accounts, records or `applied` back. Two thirds of
+    /// [`Store::write_state`]'s keys per transfer (two accounts and the record) are then never
+    /// written.
+    pub fn write_statements(&self, changes: &Changes) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         put_statements(&mut batch, self.cf(CF_HISTORY), changes);
-        batch.put_cf(self.cf(CF_META), META_APPLIED, encode_applied(applied));
         self.write_unlogged(batch)
     }
 

@@ -38,7 +38,7 @@ use hazina_replica::{
     Message, Output, ProposeError, Replica, ReplicaConfig, ReplicaStatus, SnapshotJob, StateRole,
     wire,
 };
-use hazina_store::{Applied, Changes, RaftLog, RaftLogOptions, Store, StoreOptions};
+use hazina_store::{Changes, RaftLog, RaftLogOptions, Store, StoreOptions};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
@@ -271,7 +271,8 @@ pub struct ClusterNode {
 
 /// Answers waiting for an applied round's statement lines to be written.
 struct Statements {
-    applied: Applied,
+    /// The last entry applied in the round.
+    index: u64,
     changes: Changes,
     answers: Vec<(ResultsTx, Vec<ResultCode>)>,
 }
@@ -531,14 +532,14 @@ fn now_nanos() -> Timestamp {
 fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
     while let Ok(round) = rounds.recv() {
         let started = Instant::now();
-        if let Err(e) = store.write_statements(&round.applied, &round.changes) {
+        if let Err(e) = store.write_statements(&round.changes) {
             tracing::error!(error = %e, "writing statements failed; stopping");
             eprintln!("hazinad: writing statements failed: {e}; stopping");
             std::process::abort();
         }
         metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
-        shared.applied_index.store(round.applied.index, Ordering::Relaxed);
-        metrics::gauge!("hazina_applied_index").set(round.applied.index as f64);
+        shared.applied_index.store(round.index, Ordering::Relaxed);
+        metrics::gauge!("hazina_applied_index").set(round.index as f64);
         for (reply, results) in round.answers {
             let _ = reply.send(Ok(results));
         }
@@ -1026,22 +1027,14 @@ impl Driver {
     fn take_statements(&mut self, out: &Output) -> Statements {
         let mut changes = Changes::default();
         self.replica.take_changes(&mut changes.accounts, &mut changes.transfers);
-        let last = out.applied.last().expect("called with applied entries");
-        let ledger = self.replica.ledger();
-        // Limit profiles are not stored here: they travel in raft's snapshots.
+        let index = out.applied.last().expect("called with applied entries").index;
         for applied in out.applied.iter().filter(|a| a.refused.is_none()) {
             if applied.summary.commands > 0 {
                 metrics::histogram!("hazina_batch_commands")
                     .record(applied.summary.commands as f64);
             }
         }
-        let applied = Applied {
-            index: last.index,
-            term: last.term,
-            transfers_digest: ledger.transfers_digest(),
-            timestamp_last: ledger.timestamp_last(),
-        };
-        Statements { applied, changes, answers: Vec::new() }
+        Statements { index, changes, answers: Vec::new() }
     }
 
     /// Notices changes of role and primary, fails what a lost leadership cannot answer, and
