@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hazina_core::codec::{self, ACCOUNT_BYTES, CodecError, TRANSFER_BYTES};
+use hazina_core::codec::{self, ACCOUNT_BYTES_MIN, CodecError, TRANSFER_BYTES_MIN};
 use hazina_core::{HoldState, Ledger, LedgerConfig, LimitProfile, ResultCode};
 
 const VERSION: u8 = 1;
@@ -57,10 +57,11 @@ impl LedgerCopy {
     /// bytes: sites compare digests, which do not depend on the order.
     pub fn encode(self) -> Vec<u8> {
         let (accounts, profiles, transfers) = (&self.accounts, &self.profiles, &self.transfers);
+        // Records take 40-50 bytes each in the loads measured; twice the least is a fair start.
         let mut out = Vec::with_capacity(
-            64 + accounts.len() * ACCOUNT_BYTES
+            64 + accounts.len() * 2 * ACCOUNT_BYTES_MIN
                 + profiles.len() * PROFILE_BYTES
-                + transfers.len() * TRANSFER_BYTES,
+                + transfers.len() * 2 * TRANSFER_BYTES_MIN,
         );
         out.push(VERSION);
         out.extend_from_slice(&self.transfers_digest.to_le_bytes());
@@ -99,20 +100,30 @@ pub fn decode(bytes: &[u8], config: LedgerConfig) -> Result<Ledger, CodecError> 
     let timestamp_last = u64_at(&bytes[17..25]);
     let count = |at: usize| usize::try_from(u64_at(&bytes[at..at + 8])).unwrap_or(usize::MAX);
     let (accounts_n, profiles_n, transfers_n) = (count(25), count(33), count(41));
-    let rest = &bytes[HEADER..];
-    let expected = accounts_n
-        .checked_mul(ACCOUNT_BYTES)
+    let mut rest = &bytes[HEADER..];
+    // Records vary in length: the counts are checked against the least they can take before
+    // any memory is reserved for them, and every record against the bytes left.
+    let least = accounts_n
+        .checked_mul(ACCOUNT_BYTES_MIN)
         .and_then(|a| profiles_n.checked_mul(PROFILE_BYTES).and_then(|p| a.checked_add(p)))
-        .and_then(|s| transfers_n.checked_mul(TRANSFER_BYTES).and_then(|t| s.checked_add(t)));
-    if expected != Some(rest.len()) {
-        return Err(CodecError(format!("snapshot holds {} bytes of records", rest.len())));
+        .and_then(|s| transfers_n.checked_mul(TRANSFER_BYTES_MIN).and_then(|t| s.checked_add(t)));
+    if least.is_none_or(|least| least > rest.len()) {
+        return Err(CodecError(format!(
+            "snapshot of {accounts_n} accounts, {profiles_n} profiles and {transfers_n} records \
+             in {} bytes",
+            rest.len()
+        )));
     }
-    let (account_bytes, rest) = rest.split_at(accounts_n * ACCOUNT_BYTES);
-    let (profile_bytes, transfer_bytes) = rest.split_at(profiles_n * PROFILE_BYTES);
-    let accounts = account_bytes
-        .chunks_exact(ACCOUNT_BYTES)
-        .map(codec::decode_account)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut accounts = Vec::with_capacity(accounts_n);
+    for _ in 0..accounts_n {
+        let (account, used) = codec::decode_account_prefix(rest)?;
+        accounts.push(account);
+        rest = &rest[used..];
+    }
+    if profiles_n * PROFILE_BYTES > rest.len() {
+        return Err(CodecError(format!("snapshot ends inside its {profiles_n} profiles")));
+    }
+    let (profile_bytes, mut rest) = rest.split_at(profiles_n * PROFILE_BYTES);
     let mut profiles = BTreeMap::new();
     for p in profile_bytes.chunks_exact(PROFILE_BYTES) {
         let id = u32::from_le_bytes(p[..4].try_into().expect("4 bytes"));
@@ -127,10 +138,15 @@ pub fn decode(bytes: &[u8], config: LedgerConfig) -> Result<Ledger, CodecError> 
             },
         );
     }
-    let transfers = transfer_bytes
-        .chunks_exact(TRANSFER_BYTES)
-        .map(codec::decode_transfer)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut transfers = Vec::with_capacity(transfers_n);
+    for _ in 0..transfers_n {
+        let (transfer, used) = codec::decode_transfer_prefix(rest)?;
+        transfers.push(transfer);
+        rest = &rest[used..];
+    }
+    if !rest.is_empty() {
+        return Err(CodecError(format!("snapshot has {} bytes after its records", rest.len())));
+    }
     let pending =
         |t: &&hazina_core::Transfer| t.hold == HoldState::Pending && t.result == ResultCode::Ok;
     let holds: Vec<_> = transfers.iter().filter(pending).copied().collect();

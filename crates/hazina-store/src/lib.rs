@@ -9,7 +9,7 @@
 //! | `accounts`  | account id (u128 BE)                  | the account as it stands            |
 //! | `transfers` | transfer id (u128 BE)                 | the record, failed transfers too    |
 //! | `holds`     | transfer id of a pending hold         | empty                               |
-//! | `history`   | account id, timestamp (BE)            | one posted movement and the balance |
+//! | `history`   | account id, timestamp (BE), format    | one posted movement and the balance |
 //! | `meta`      | `applied`, `profiles`                 | where the state stands              |
 //!
 //! Two kinds of write, with different durability:
@@ -166,6 +166,12 @@ impl Store {
                 cf.set_memtable_whole_key_filtering(true);
                 cf.set_memtable_prefix_bloom_ratio(0.1);
             }
+            if name == CF_ACCOUNTS {
+                // Accounts are served from memory and read back from here only at start, from
+                // flushed files: nothing searches this memtable, so it is a vector (an append
+                // per write, one sort per flush), not a skip list (a search per write).
+                cf.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+            }
             if matches!(name, CF_TRANSFERS | CF_ACCOUNTS) {
                 // Most lookups of a new transfer id find nothing: a filter answers them
                 // without reading a block.
@@ -254,7 +260,7 @@ impl Store {
         let (accounts_cf, transfers_cf) = (self.cf(CF_ACCOUNTS), self.cf(CF_TRANSFERS));
         let (holds_cf, history_cf) = (self.cf(CF_HOLDS), self.cf(CF_HISTORY));
         let mut batch = WriteBatch::default();
-        let mut bytes = Vec::with_capacity(codec::ACCOUNT_BYTES);
+        let mut bytes = Vec::with_capacity(codec::ACCOUNT_BYTES_MAX);
         let mut accounts: Vec<&Account> = changes.accounts.iter().collect();
         accounts.sort_by_key(|a| a.id);
         for account in accounts {
@@ -397,14 +403,6 @@ impl Store {
             .collect()
     }
 
-    /// Accounts as stored (as of the last written entry), by id.
-    pub fn account(&self, id: u128) -> Result<Option<Account>, StoreError> {
-        match self.db.get_cf(self.cf(CF_ACCOUNTS), id.to_be_bytes())? {
-            None => Ok(None),
-            Some(bytes) => Ok(Some(codec::decode_account(&bytes)?)),
-        }
-    }
-
     /// A page of `account`'s statement: at most `limit` movements from `from` on, oldest first.
     pub fn history(
         &self,
@@ -413,11 +411,14 @@ impl Store {
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
         let cf = self.cf(CF_HISTORY);
-        let start = history_key(account, from);
+        let start = history_seek_key(account, from);
         let prefix = account.to_be_bytes();
         // The opening balance: the line just before `from`, if it is this account's.
         let mut before = self.db.raw_iterator_cf(cf);
-        before.seek_for_prev(history_key(account, from.saturating_sub(1)));
+        // The last key at `from - 1` of either format: 24 bytes, or 25 ending in a format.
+        let mut last = history_seek_key(account, from.saturating_sub(1)).to_vec();
+        last.push(u8::MAX);
+        before.seek_for_prev(&last);
         let mut opening_balance = 0;
         if from > 0
             && let (Some(key), Some(value)) = (before.key(), before.value())
@@ -541,22 +542,42 @@ fn decode_profiles(bytes: &[u8]) -> Result<BTreeMap<LimitProfileId, LimitProfile
         .collect())
 }
 
-fn history_key(account: u128, timestamp: Timestamp) -> [u8; 24] {
-    let mut key = [0u8; 24];
+/// Where a statement line is stored: the account and the timestamp (big-endian, so an account's
+/// lines are together in time order), then the line's format, 2 ([`codec::encode_statement_line`]).
+/// Lines written before session 7 have keys of 24 bytes, without the format, and 67-byte values
+/// of fixed-width fields; they are still read ([`decode_history`]).
+fn history_key(account: u128, timestamp: Timestamp) -> [u8; 25] {
+    let mut key = [0u8; 25];
     key[..16].copy_from_slice(&account.to_be_bytes());
-    key[16..].copy_from_slice(&timestamp.to_be_bytes());
+    key[16..24].copy_from_slice(&timestamp.to_be_bytes());
+    key[24] = codec::CODEC_VERSION;
     key
 }
 
-const HISTORY_VALUE_BYTES: usize = 16 + 16 + 1 + 16 + 2 + 16;
+/// The first key of `account`'s lines at `timestamp`, of either format.
+fn history_seek_key(account: u128, timestamp: Timestamp) -> [u8; 24] {
+    history_key(account, timestamp)[..24].try_into().expect("24 bytes")
+}
+
+const HISTORY_V1_VALUE_BYTES: usize = 16 + 16 + 1 + 16 + 2 + 16;
 
 fn decode_history(key: &[u8], value: &[u8]) -> Result<HistoryEntry, StoreError> {
-    let key: [u8; 24] = key_array(key, "history key")?;
-    let v: [u8; HISTORY_VALUE_BYTES] = key_array(value, "history line")?;
+    let timestamp = |key: &[u8]| u64::from_be_bytes(key[16..24].try_into().expect("8 bytes"));
+    match key.len() {
+        25 if key[24] == codec::CODEC_VERSION => {
+            Ok(codec::decode_statement_line(value, timestamp(key))?)
+        }
+        24 => decode_history_v1(timestamp(key), value),
+        _ => Err(StoreError::Corrupt(format!("history key {key:?}"))),
+    }
+}
+
+fn decode_history_v1(timestamp: Timestamp, value: &[u8]) -> Result<HistoryEntry, StoreError> {
+    let v: [u8; HISTORY_V1_VALUE_BYTES] = key_array(value, "history line")?;
     let u128_at = |at: usize| u128::from_le_bytes(v[at..at + 16].try_into().expect("16 bytes"));
     Ok(HistoryEntry {
         transfer_id: u128_at(0),
-        timestamp: u64::from_be_bytes(key[16..].try_into().expect("8 bytes")),
+        timestamp,
         amount: u128_at(16),
         credit: v[32] == 1,
         balance_after: i128::from_le_bytes(v[33..49].try_into().expect("16 bytes")),
@@ -567,10 +588,10 @@ fn decode_history(key: &[u8], value: &[u8]) -> Result<HistoryEntry, StoreError> 
 
 /// Adds an entry's statement lines to `batch`, in key order (see [`Store::write_state`]).
 fn put_statements(batch: &mut WriteBatch, history: &rocksdb::ColumnFamily, changes: &Changes) {
-    let mut lines = history_lines(changes);
+    let (mut lines, values) = history_lines(changes);
     lines.sort_by_key(|line| line.0);
     for (key, value) in lines {
-        batch.put_cf(history, key, value);
+        batch.put_cf(history, key, &values[value]);
     }
 }
 
@@ -581,7 +602,10 @@ fn put_statements(batch: &mut WriteBatch, history: &rocksdb::ColumnFamily, chang
 /// Balances are worked backwards from where each account stands after the entry (its copy in
 /// `changes.accounts`): the last line of an account in the entry has that balance, and each
 /// earlier line has the balance before the movement after it.
-fn history_lines(changes: &Changes) -> Vec<([u8; 24], [u8; HISTORY_VALUE_BYTES])> {
+/// Each line's key and where its value is in the bytes beside them.
+type StatementLines = (Vec<([u8; 25], std::ops::Range<usize>)>, Vec<u8>);
+
+fn history_lines(changes: &Changes) -> StatementLines {
     let moved: Vec<&Transfer> = changes
         .transfers
         .iter()
@@ -593,11 +617,12 @@ fn history_lines(changes: &Changes) -> Vec<([u8; 24], [u8; HISTORY_VALUE_BYTES])
         })
         .collect();
     if moved.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let mut balance: HashMap<u128, i128> =
         changes.accounts.iter().map(|a| (a.id, a.balance())).collect();
     let mut lines = Vec::with_capacity(moved.len() * 2);
+    let mut values = Vec::with_capacity(moved.len() * 2 * 32);
     for t in moved.iter().rev() {
         let amount = i128::try_from(t.new.amount).unwrap_or(i128::MAX);
         for (account, credit, counterparty) in [
@@ -610,15 +635,93 @@ fn history_lines(changes: &Changes) -> Vec<([u8; 24], [u8; HISTORY_VALUE_BYTES])
             let after = *running;
             *running =
                 if credit { after.saturating_sub(amount) } else { after.saturating_add(amount) };
-            let mut value = [0u8; HISTORY_VALUE_BYTES];
-            value[..16].copy_from_slice(&t.new.id.to_le_bytes());
-            value[16..32].copy_from_slice(&t.new.amount.to_le_bytes());
-            value[32] = u8::from(credit);
-            value[33..49].copy_from_slice(&after.to_le_bytes());
-            value[49..51].copy_from_slice(&t.new.tx_type.to_le_bytes());
-            value[51..67].copy_from_slice(&counterparty.to_le_bytes());
-            lines.push((history_key(account, t.timestamp), value));
+            let line = HistoryEntry {
+                transfer_id: t.new.id,
+                timestamp: t.timestamp,
+                amount: t.new.amount,
+                credit,
+                balance_after: after,
+                tx_type: t.new.tx_type,
+                counterparty_id: counterparty,
+            };
+            let start = values.len();
+            codec::encode_statement_line(&line, &mut values);
+            lines.push((history_key(account, t.timestamp), start..values.len()));
         }
     }
-    lines
+    (lines, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hazina_core::NewTransfer;
+
+    /// A store written before session 7 holds statement lines of 24-byte keys and 67-byte
+    /// values; lines written since have the format in the key. One statement reads both.
+    #[test]
+    fn a_statement_reads_lines_of_both_formats_in_time_order() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let (account, other) = (254_700_000_001u128, 254_700_000_002u128);
+        // Version 1: transfer 10 credited 500 at time 100, leaving 500.
+        let mut v1 = [0u8; HISTORY_V1_VALUE_BYTES];
+        v1[..16].copy_from_slice(&10u128.to_le_bytes());
+        v1[16..32].copy_from_slice(&500u128.to_le_bytes());
+        v1[32] = 1;
+        v1[33..49].copy_from_slice(&500i128.to_le_bytes());
+        v1[49..51].copy_from_slice(&2u16.to_le_bytes());
+        v1[51..67].copy_from_slice(&other.to_le_bytes());
+        store.db.put_cf(store.cf(CF_HISTORY), history_seek_key(account, 100), v1).expect("put");
+        // Version 2, through the writer: transfer 11 debits 200 at time 101, leaving 300.
+        let new = NewTransfer {
+            id: 11,
+            debit_account_id: account,
+            credit_account_id: other,
+            amount: 200,
+            tx_type: 1,
+            ..NewTransfer::default()
+        };
+        let hold = hazina_core::HoldState::None;
+        let transfer = Transfer { new, timestamp: 101, result: ResultCode::Ok, hold };
+        let standing = |id, credits_posted, debits_posted| Account {
+            id,
+            debits_pending: 0,
+            debits_posted,
+            credits_pending: 0,
+            credits_posted,
+            overdraft_limit: 0,
+            daily_debited: 0,
+            user_data_128: 0,
+            user_data_64: 0,
+            timestamp: 1,
+            user_data_32: 0,
+            daily_day: 0,
+            limit_profile: 0,
+            currency: hazina_core::CURRENCY_KES,
+            kind: 0,
+            flags: hazina_core::AccountFlags::default(),
+            holds_pending: 0,
+            status: hazina_core::AccountStatus::Active,
+        };
+        let (mine, theirs) = (standing(account, 500, 200), standing(other, 200, 0));
+        let changes =
+            Changes { accounts: vec![mine, theirs], transfers: vec![transfer], profiles: None };
+        store.write_statements(&changes).expect("write");
+
+        let page = store.history(account, 0, 10).expect("history");
+        let seen: Vec<_> =
+            page.entries.iter().map(|e| (e.transfer_id, e.timestamp, e.balance_after)).collect();
+        assert_eq!(seen, [(10, 100, 500), (11, 101, 300)]);
+        assert_eq!((page.entries[0].credit, page.entries[0].counterparty_id), (true, other));
+        assert_eq!((page.entries[1].credit, page.entries[1].amount), (false, 200));
+        // The balance before a time comes from the line before it, of whichever format.
+        let later = store.history(account, 101, 10).expect("history");
+        assert_eq!((later.opening_balance, later.entries.len()), (500, 1));
+        let after = store.history(account, 102, 10).expect("history");
+        assert_eq!((after.opening_balance, after.entries.len()), (300, 0));
+        let first = store.history(account, 0, 1).expect("history");
+        assert_eq!((first.entries.len(), first.next_from), (1, Some(101)));
+    }
 }
