@@ -469,22 +469,27 @@ impl<'a> Reader<'a> {
 
     /// A number of up to 64 bits: [`put_number`]'s form, or 8 fixed bytes in version 1.
     fn n64(&mut self) -> Result<u64, CodecError> {
-        if !self.compact {
-            return self.u64();
-        }
-        let at = self.at;
-        u64::try_from(self.n128()?)
-            .map_err(|_| CodecError(format!("number at offset {at} wider than 64 bits")))
+        self.narrow(Self::u64)
     }
 
     /// A number of up to 32 bits: [`put_number`]'s form, or 4 fixed bytes in version 1.
     fn n32(&mut self) -> Result<u32, CodecError> {
+        self.narrow(Self::u32)
+    }
+
+    /// A number of `T`'s width: [`put_number`]'s form, or `fixed`'s bytes in version 1.
+    fn narrow<T: TryFrom<u128>>(
+        &mut self,
+        fixed: fn(&mut Self) -> Result<T, CodecError>,
+    ) -> Result<T, CodecError> {
         if !self.compact {
-            return self.u32();
+            return fixed(self);
         }
         let at = self.at;
-        u32::try_from(self.n128()?)
-            .map_err(|_| CodecError(format!("number at offset {at} wider than 32 bits")))
+        T::try_from(self.n128()?).map_err(|_| {
+            let bits = 8 * std::mem::size_of::<T>();
+            CodecError(format!("number at offset {at} wider than {bits} bits"))
+        })
     }
 }
 
