@@ -155,6 +155,16 @@ impl Store {
         let families = FAMILIES.iter().map(|&name| {
             let mut cf = Options::default();
             cf.set_write_buffer_size(options.write_buffer_bytes);
+            // Room for two full memtables waiting for a flush before writes stop.
+            cf.set_max_write_buffer_number(4);
+            if matches!(name, CF_LOG | CF_META | CF_HOLDS) {
+                // Atomic flushes give every family a level-0 file per flush, these small ones
+                // too, and their compactions wait behind those of the large ones: at the
+                // default triggers (20 files to slow down, 36 to stop) their few kilobytes
+                // slowed every write of the database (docs/BENCHMARKS.md, session 7).
+                cf.set_level_zero_slowdown_writes_trigger(400);
+                cf.set_level_zero_stop_writes_trigger(800);
+            }
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             // Off until `start_compactions`: see there.
             cf.set_disable_auto_compactions(true);
@@ -472,8 +482,11 @@ fn db_options() -> Result<Options, StoreError> {
     db_options.set_bytes_per_sync(1 << 20);
     db_options.set_wal_bytes_per_sync(1 << 20);
     // Flushes and compactions write at most this fast, so that a burst of them does not
-    // queue the log's synced writes behind it on the disk.
-    db_options.set_ratelimiter(64 << 20, 100_000, 10);
+    // queue the log's synced writes behind it on the disk (which writes 1.9 GB/s here). At
+    // 64 MB/s, a fill of 50M transfers at full speed stopped writes for 37 s: the flushes
+    // shared the budget with compactions and fell behind the memtables (docs/BENCHMARKS.md,
+    // session 7).
+    db_options.set_ratelimiter(256 << 20, 100_000, 10);
     Ok(db_options)
 }
 
