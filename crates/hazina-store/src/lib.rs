@@ -134,6 +134,71 @@ impl Default for StoreOptions {
     }
 }
 
+/// Memtables per family: one written, the others full and waiting for their flush. RocksDB
+/// slows every write of the database when three are waiting, and stops them at four.
+const MEMTABLES_MAX: i32 = 4;
+/// Full memtables of one family waiting for a flush at which [`WritePressure::level`] is 0,
+/// and at which it is 1 (RocksDB's own slowdown).
+const MEMTABLES_WAITING_THROTTLE: i32 = 1;
+const MEMTABLES_WAITING_SLOWDOWN: i32 = MEMTABLES_MAX - 1;
+/// Level-0 files of one large family at which [`WritePressure::level`] is 0 (compactions start
+/// at 4), and RocksDB's trigger, where it slows every write of the database and the level is 1.
+const LEVEL0_THROTTLE_FILES: i32 = 8;
+const LEVEL0_SLOWDOWN_FILES: i32 = 20;
+/// The families whose compactions can fall behind (the small ones have triggers far above
+/// theirs, see [`Store::open`]).
+const LARGE_FAMILIES: [&str; 3] = [CF_ACCOUNTS, CF_TRANSFERS, CF_HISTORY];
+
+/// How close RocksDB is to slowing or stopping writes, from its own counters: the node's flow
+/// control slows its admission by it, so that callers are told to retry at once instead of
+/// waiting, seconds at a time, in a write that RocksDB delays (docs/adr/0006-flow-control.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WritePressure {
+    /// The large family with the most level-0 files, and how many it has.
+    pub level0_family: &'static str,
+    pub level0_files: u64,
+    /// The family with the most full memtables waiting for a flush, and how many.
+    pub memtable_family: &'static str,
+    pub memtables_waiting: u64,
+    /// Bytes a second RocksDB lets writes through while it delays them; 0 when it does not.
+    pub delayed_write_rate: u64,
+    /// RocksDB stopped writes (until a flush or a compaction catches up).
+    pub write_stopped: bool,
+}
+
+impl WritePressure {
+    /// 0 or less while compactions and flushes keep up; 1 at RocksDB's own slowdown triggers
+    /// (and while it delays or stops writes); in between, how far from the one to the other.
+    pub fn level(&self) -> f64 {
+        let between = |value: u64, low: i32, high: i32| {
+            (value as f64 - f64::from(low)) / f64::from(high - low)
+        };
+        let level0 = between(self.level0_files, LEVEL0_THROTTLE_FILES, LEVEL0_SLOWDOWN_FILES);
+        let memtables =
+            between(self.memtables_waiting, MEMTABLES_WAITING_THROTTLE, MEMTABLES_WAITING_SLOWDOWN);
+        let rocksdb = if self.write_stopped || self.delayed_write_rate > 0 { 1.0 } else { -1.0 };
+        level0.max(memtables).max(rocksdb)
+    }
+}
+
+impl std::fmt::Display for WritePressure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} level-0 files in {} (RocksDB slows writes at {LEVEL0_SLOWDOWN_FILES}), \
+             {} full memtables of {} waiting for a flush (it slows writes at \
+             {MEMTABLES_WAITING_SLOWDOWN})",
+            self.level0_files, self.level0_family, self.memtables_waiting, self.memtable_family
+        )?;
+        if self.write_stopped {
+            write!(f, "; RocksDB has stopped writes")?;
+        } else if self.delayed_write_rate > 0 {
+            write!(f, "; RocksDB delays writes to {} KB/s", self.delayed_write_rate >> 10)?;
+        }
+        Ok(())
+    }
+}
+
 /// The database. Safe to share between threads: one writes, any number read.
 pub struct Store {
     db: DB,
@@ -157,7 +222,7 @@ impl Store {
             cf.set_write_buffer_size(options.write_buffer_bytes);
             // Up to four memtables (one written, the others waiting for their flush): at
             // RocksDB's default of two, a flush that fell behind stopped writes.
-            cf.set_max_write_buffer_number(4);
+            cf.set_max_write_buffer_number(MEMTABLES_MAX);
             if matches!(name, CF_LOG | CF_META | CF_HOLDS) {
                 // Atomic flushes give every family a level-0 file per flush, these small ones
                 // too, and their compactions wait behind those of the large ones: at the
@@ -165,6 +230,11 @@ impl Store {
                 // slowed every write of the database (docs/BENCHMARKS.md, session 7).
                 cf.set_level_zero_slowdown_writes_trigger(400);
                 cf.set_level_zero_stop_writes_trigger(800);
+            } else {
+                // RocksDB's defaults, set here because the node's flow control
+                // ([`Store::write_pressure`]) slows admission ahead of them.
+                cf.set_level_zero_slowdown_writes_trigger(LEVEL0_SLOWDOWN_FILES);
+                cf.set_level_zero_stop_writes_trigger(36);
             }
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             // Off until `start_compactions`: see there.
@@ -356,6 +426,38 @@ impl Store {
             self.db.set_options_cf(self.cf(name), &[("disable_auto_compactions", "false")])?;
         }
         Ok(())
+    }
+
+    /// RocksDB's counters of how far its flushes and compactions are behind the writes; a few
+    /// microseconds, safe from any thread.
+    pub fn write_pressure(&self) -> Result<WritePressure, StoreError> {
+        let int = |cf: &rocksdb::ColumnFamily, name: &rocksdb::properties::PropName| {
+            self.db.property_int_value_cf(cf, name).map(Option::unwrap_or_default)
+        };
+        let mut pressure = WritePressure {
+            level0_family: CF_HISTORY,
+            memtable_family: CF_HISTORY,
+            ..WritePressure::default()
+        };
+        let level0 = rocksdb::properties::num_files_at_level(0);
+        for name in LARGE_FAMILIES {
+            let files = int(self.cf(name), &level0)?;
+            if files > pressure.level0_files {
+                (pressure.level0_family, pressure.level0_files) = (name, files);
+            }
+        }
+        for name in FAMILIES {
+            let waiting = int(self.cf(name), rocksdb::properties::NUM_IMMUTABLE_MEM_TABLE)?;
+            if waiting > pressure.memtables_waiting {
+                (pressure.memtable_family, pressure.memtables_waiting) = (name, waiting);
+            }
+        }
+        let default = |name: &rocksdb::properties::PropName| {
+            self.db.property_int_value(name).map(Option::unwrap_or_default)
+        };
+        pressure.delayed_write_rate = default(rocksdb::properties::ACTUAL_DELAYED_WRITE_RATE)?;
+        pressure.write_stopped = default(rocksdb::properties::IS_WRITE_STOPPED)? != 0;
+        Ok(pressure)
     }
 
     /// Reads the stored state, to rebuild the ledger. `progress` is called every million
@@ -679,6 +781,38 @@ fn history_lines(changes: &Changes) -> StatementLines {
 mod tests {
     use super::*;
     use hazina_core::NewTransfer;
+
+    /// Compactions are off until `start_compactions`, so each flush leaves one more level-0
+    /// file in every family: the pressure follows them from nothing to RocksDB's trigger.
+    #[test]
+    fn write_pressure_counts_level0_files_up_to_rocksdbs_trigger() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
+        let store = Store::open(dir.path(), &options).expect("open");
+        let quiet = store.write_pressure().expect("pressure");
+        assert_eq!((quiet.level0_files, quiet.memtables_waiting), (0, 0));
+        assert!(quiet.level() < 0.0, "an empty store is not behind: {}", quiet.level());
+        assert!(!quiet.write_stopped && quiet.delayed_write_rate == 0);
+        let mut levels = Vec::new();
+        let files = |n: i32| u64::try_from(n).expect("positive");
+        for n in 1..=files(LEVEL0_SLOWDOWN_FILES) {
+            let applied = Applied { index: n, ..Applied::default() };
+            store.write_state(&applied, &Changes::default()).expect("write");
+            store.db.put_cf(store.cf(CF_HISTORY), n.to_be_bytes(), b"line").expect("put");
+            store.checkpoint(0).expect("flush");
+            let pressure = store.write_pressure().expect("pressure");
+            assert_eq!(pressure.level0_files, n, "after {n} flushes: {pressure}");
+            levels.push(pressure.level());
+        }
+        // Nothing below the throttle's threshold, then rising to 1 at RocksDB's trigger.
+        let at = |n: i32| levels[usize::try_from(n - 1).expect("small")];
+        assert!(at(LEVEL0_THROTTLE_FILES) <= 0.0);
+        assert!(at(LEVEL0_THROTTLE_FILES + 1) > 0.0);
+        assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{levels:?}");
+        assert!((at(LEVEL0_SLOWDOWN_FILES) - 1.0).abs() < 1e-9, "{levels:?}");
+        let behind = store.write_pressure().expect("pressure");
+        assert!(behind.to_string().starts_with("20 level-0 files in "), "{behind}");
+    }
 
     /// A store written before session 7 holds statement lines of 24-byte keys and 67-byte
     /// values; lines written since have the format in the key. One statement reads both.

@@ -43,6 +43,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::flow::{self, Admission};
 use crate::node::{NodeError, StartError, admit_and_send, count_outcomes};
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
@@ -111,6 +112,9 @@ pub struct ClusterConfig {
     pub snapshot_every_bytes: u64,
     /// Entries kept behind a snapshot for standbys a little behind.
     pub log_keep: u64,
+    /// Slow the admission of writes when the statement lines' compactions fall behind
+    /// ([`crate::flow`]).
+    pub flow_control: bool,
     pub store: StoreOptions,
 }
 
@@ -252,6 +256,8 @@ struct Shared {
     applied_index: AtomicU64,
     inbox: AtomicUsize,
     known_leader: Mutex<Option<u64>>,
+    /// Commands of this site's callers answered since start, for the flow control's rate.
+    answered_commands: AtomicU64,
 }
 
 /// A running site of a group. Handlers call it from any task.
@@ -261,11 +267,12 @@ pub struct ClusterNode {
     queued: Arc<AtomicUsize>,
     queue_max: usize,
     batch_max: usize,
+    admission: Arc<Admission>,
     store: Arc<Store>,
     shared: Arc<Shared>,
     sites: Vec<Site>,
     site_id: u64,
-    /// The driver, then the statement writer.
+    /// The driver, the statement writer, then the flow control's sampler.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -370,24 +377,44 @@ impl ClusterNode {
             snapshots_installed: 0,
         };
         let (store_w, shared_w) = (Arc::clone(&store), Arc::clone(&shared));
+        // The statement writer holds the sender: the sampler stops when the writer does.
+        let (writer_alive, writer_gone) = crossbeam_channel::bounded::<()>(0);
         let writer = std::thread::Builder::new()
             .name("hazina-statements".into())
-            .spawn(move || write_statements(&store_w, &statements_rx, &shared_w))
+            .spawn(move || {
+                let _alive = writer_alive;
+                write_statements(&store_w, &statements_rx, &shared_w);
+            })
             .map_err(|e| StartError::Config(format!("statement writer thread: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("hazina-driver".into())
             .spawn(move || driver.run())
             .map_err(|e| StartError::Config(format!("driver thread: {e}")))?;
+        let admission = Arc::new(Admission::new());
+        let mut threads = vec![thread, writer];
+        if config.flow_control {
+            let (store_f, shared_f, admission_f) =
+                (Arc::clone(&store), Arc::clone(&shared), Arc::clone(&admission));
+            let sampler = std::thread::Builder::new()
+                .name("hazina-flow".into())
+                .spawn(move || {
+                    let committed = || shared_f.answered_commands.load(Ordering::Relaxed);
+                    flow::sample(&store_f, committed, &admission_f, &writer_gone);
+                })
+                .map_err(|e| StartError::Config(format!("flow control thread: {e}")))?;
+            threads.push(sampler);
+        }
         Ok(ClusterNode {
             inputs: inputs_tx,
             queued,
             queue_max: config.queue_commands_max,
             batch_max: config.ledger.batch_commands_max,
+            admission,
             store,
             shared,
             sites: config.sites,
             site_id: config.site_id,
-            threads: Mutex::new(vec![thread, writer]),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -401,6 +428,10 @@ impl ClusterNode {
         let n = commands.len();
         if n > self.batch_max {
             return Err(NodeError::TooLarge { commands: n, max: self.batch_max });
+        }
+        if self.shared.leader.load(Ordering::Acquire) == self.site_id {
+            // A standby's own storage does not refuse a write: it answers "not primary".
+            self.admission.admit(n)?;
         }
         let (reply, rx) = oneshot::channel();
         self.send(Input::Commands { commands, reply }, n.max(1))?;
@@ -540,6 +571,8 @@ fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Share
         metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
         shared.applied_index.store(round.index, Ordering::Relaxed);
         metrics::gauge!("hazina_applied_index").set(round.index as f64);
+        let answered: usize = round.answers.iter().map(|(_, results)| results.len()).sum();
+        shared.answered_commands.fetch_add(answered as u64, Ordering::Relaxed);
         for (reply, results) in round.answers {
             let _ = reply.send(Ok(results));
         }

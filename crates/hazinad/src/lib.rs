@@ -5,6 +5,7 @@
 //! reflection services and a Prometheus endpoint ([`server`]).
 
 pub mod cluster;
+pub mod flow;
 pub mod node;
 pub mod server;
 pub mod service;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::flow::{self, Admission};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use hazina_core::codec::{self, Entry};
 use hazina_core::{
@@ -47,6 +48,9 @@ pub struct NodeConfig {
     pub log_retain: u64,
     /// The leader epoch written into entries; 1 on a single site.
     pub term: u64,
+    /// Slow the admission of writes when RocksDB's compactions fall behind ([`crate::flow`]);
+    /// off, RocksDB delays the writes itself and callers wait.
+    pub flow_control: bool,
     pub store: StoreOptions,
 }
 
@@ -64,6 +68,7 @@ impl NodeConfig {
             checkpoint_every: 2_000_000,
             log_retain: 1_000,
             term: 1,
+            flow_control: true,
             store: StoreOptions::default(),
         }
     }
@@ -95,6 +100,9 @@ impl NodeConfig {
 pub enum NodeError {
     /// Too many commands queued: retry later (`RESOURCE_EXHAUSTED`).
     Overloaded { queued: usize, max: usize },
+    /// Storage is behind the writes (RocksDB's compactions or flushes): writes are admitted at
+    /// about `rate` commands a second, or none while `rate` is 0 (`RESOURCE_EXHAUSTED`).
+    StorageBehind { rate: u64, why: String },
     /// The ledger is full of accounts (`RESOURCE_EXHAUSTED`).
     AccountsFull { accounts: usize, max: usize },
     /// The request has more commands than one entry holds (`INVALID_ARGUMENT`).
@@ -122,6 +130,16 @@ impl std::fmt::Display for NodeError {
             NodeError::Overloaded { queued, max } => {
                 write!(f, "overloaded: {queued} commands queued, at most {max}; retry later")
             }
+            NodeError::StorageBehind { rate: 0, why } => {
+                write!(
+                    f,
+                    "storage is behind ({why}): no writes admitted until it catches up; retry later"
+                )
+            }
+            NodeError::StorageBehind { rate, why } => write!(
+                f,
+                "storage is behind ({why}): writes admitted at about {rate} commands/s; retry later"
+            ),
             NodeError::AccountsFull { accounts, max } => {
                 write!(f, "the ledger holds {accounts} accounts, at most {max}")
             }
@@ -209,6 +227,8 @@ struct StagedEntry {
 struct Shared {
     commit_index: AtomicU64,
     checkpoint_index: AtomicU64,
+    /// Commands in durable entries since start, for the flow control's rate.
+    committed_commands: AtomicU64,
 }
 
 /// A running node. Handlers call it from any task; see the module documentation.
@@ -217,6 +237,7 @@ pub struct Node {
     requests: Sender<Request>,
     queued: Arc<AtomicUsize>,
     queue_max: usize,
+    admission: Arc<Admission>,
     store: Arc<Store>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -319,6 +340,9 @@ impl Node {
         // Two entries in flight: one syncing, one ready. More would only add latency.
         let (durable_tx, durable_rx) = crossbeam_channel::bounded(2);
         let (checkpoint_tx, checkpoint_rx) = crossbeam_channel::bounded(1);
+        // The writer holds the sender: the sampler stops when the writer does.
+        let (writer_alive, writer_gone) = crossbeam_channel::bounded::<()>(0);
+        let admission = Arc::new(Admission::new());
         let mut threads = Vec::new();
         let sequencer = Sequencer {
             ledger,
@@ -338,8 +362,17 @@ impl Node {
             checkpoint: checkpoint_tx,
             shared: Arc::clone(&shared),
             checkpoint_every: config.checkpoint_every,
+            _alive: writer_alive,
         };
         threads.push(spawn("hazina-writer", move || writer.run()));
+        if config.flow_control {
+            let (store_f, shared_f, admission_f) =
+                (Arc::clone(&store), Arc::clone(&shared), Arc::clone(&admission));
+            threads.push(spawn("hazina-flow", move || {
+                let committed = || shared_f.committed_commands.load(Ordering::Relaxed);
+                flow::sample(&store_f, committed, &admission_f, &writer_gone);
+            }));
+        }
         let (store_c, shared_c, retain) =
             (Arc::clone(&store), Arc::clone(&shared), config.log_retain);
         threads.push(spawn("hazina-checkpoint", move || {
@@ -349,6 +382,7 @@ impl Node {
             requests: requests_tx,
             queued,
             queue_max: config.queue_commands_max,
+            admission,
             store,
             shared,
             threads: Mutex::new(threads),
@@ -368,6 +402,7 @@ impl Node {
             // A request is never split across entries, so it must fit in one.
             return Err(NodeError::TooLarge { commands: n, max: self.batch_max });
         }
+        self.admission.admit(n)?;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Commands { commands, reply }, n.max(1))?;
         rx.await.map_err(|_| NodeError::Stopped)?
@@ -739,6 +774,8 @@ struct Writer {
     checkpoint: Sender<()>,
     shared: Arc<Shared>,
     checkpoint_every: u64,
+    /// Dropped when the writer stops, which stops the flow control's sampler.
+    _alive: Sender<()>,
 }
 
 impl Writer {
@@ -768,7 +805,9 @@ impl Writer {
                 let last = indexes[indexes.len() - 1];
                 self.shared.commit_index.store(last, Ordering::Relaxed);
                 metrics::gauge!("hazina_commit_index").set(last as f64);
-                since_checkpoint += entries.iter().map(|e| e.commands).sum::<u64>();
+                let commands = entries.iter().map(|e| e.commands).sum::<u64>();
+                self.shared.committed_commands.fetch_add(commands, Ordering::Relaxed);
+                since_checkpoint += commands;
             }
             for durable in group {
                 for reply in durable.replies {
@@ -800,4 +839,50 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
         checkpoint("periodic");
     }
     checkpoint("shutdown");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Control;
+    use hazina_core::{AccountKind, CURRENCY_KES, NewAccount};
+
+    /// While the flow control says storage is behind, writes are refused at once with the
+    /// reason and change nothing; reads are served; once it opens, writes go through.
+    #[test]
+    fn a_throttled_node_refuses_writes_and_serves_reads() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let mut config = NodeConfig::new(dir.path().to_path_buf());
+        // No sampler: the test sets the admission itself.
+        config.flow_control = false;
+        let node = Node::start(config).expect("start");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let account = |id| {
+            Command::CreateAccount(NewAccount {
+                id,
+                currency: CURRENCY_KES,
+                kind: AccountKind::CustomerWallet as u16,
+                ..NewAccount::default()
+            })
+        };
+        runtime.block_on(async {
+            let created = node.execute(vec![account(254_700_000_001)]).await.expect("open");
+            assert_eq!(created, [ResultCode::Ok]);
+            node.admission.set(Control::Closed, || "20 level-0 files in history".into());
+            let refused = node.execute(vec![account(254_700_000_002)]).await;
+            match refused {
+                Err(NodeError::StorageBehind { rate: 0, ref why }) => {
+                    assert_eq!(why, "20 level-0 files in history");
+                }
+                other => panic!("{other:?}"),
+            }
+            let found = node.lookup_accounts(vec![254_700_000_001, 254_700_000_002]).await;
+            let ids: Vec<u128> = found.expect("reads are served").iter().map(|a| a.id).collect();
+            assert_eq!(ids, [254_700_000_001], "the refused account was not created");
+            node.admission.set(Control::Open, String::new);
+            let created = node.execute(vec![account(254_700_000_002)]).await.expect("open");
+            assert_eq!(created, [ResultCode::Ok]);
+        });
+        node.shutdown();
+    }
 }

@@ -109,6 +109,11 @@ pub struct Args {
     /// Log entries kept behind a checkpoint.
     #[arg(long, default_value_t = 1_000)]
     pub log_retain: u64,
+    /// Slow the admission of writes when RocksDB's compactions fall behind: callers get
+    /// RESOURCE_EXHAUSTED at once instead of waiting in a write that RocksDB delays
+    /// (docs/adr/0006-flow-control.md). "false" leaves it to RocksDB.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub flow_control: bool,
     /// Threads serving gRPC.
     #[arg(long, default_value_t = 2)]
     pub io_threads: usize,
@@ -133,6 +138,7 @@ impl Args {
         config.queue_commands_max = self.queue_max;
         config.checkpoint_every = self.checkpoint_every;
         config.log_retain = self.log_retain;
+        config.flow_control = self.flow_control;
         config
     }
 
@@ -166,6 +172,7 @@ impl Args {
             snapshot_every: self.snapshot_every,
             snapshot_every_bytes: self.snapshot_every_mb << 20,
             log_keep: self.log_keep,
+            flow_control: self.flow_control,
             store: single.store,
         }))
     }

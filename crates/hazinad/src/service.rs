@@ -230,9 +230,9 @@ pub const LEADER_ADDRESS_HEADER: &str = "hazina-leader-address";
 
 fn node_error(e: NodeError) -> Status {
     match &e {
-        NodeError::Overloaded { .. } | NodeError::AccountsFull { .. } => {
-            Status::resource_exhausted(e.to_string())
-        }
+        NodeError::Overloaded { .. }
+        | NodeError::StorageBehind { .. }
+        | NodeError::AccountsFull { .. } => Status::resource_exhausted(e.to_string()),
         NodeError::TooLarge { .. } | NodeError::Invalid(_) => {
             Status::invalid_argument(e.to_string())
         }
