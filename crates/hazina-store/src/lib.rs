@@ -138,13 +138,28 @@ impl Default for StoreOptions {
 /// slows every write of the database when three are waiting, and stops them at four.
 const MEMTABLES_MAX: i32 = 4;
 /// Full memtables of one family waiting for a flush at which [`WritePressure::level`] is 0,
-/// and at which it is 1 (RocksDB's own slowdown).
-const MEMTABLES_WAITING_THROTTLE: i32 = 1;
-const MEMTABLES_WAITING_SLOWDOWN: i32 = MEMTABLES_MAX - 1;
-/// Level-0 files of one large family at which [`WritePressure::level`] is 0 (compactions start
-/// at 4), and RocksDB's trigger, where it slows every write of the database and the level is 1.
-const LEVEL0_THROTTLE_FILES: i32 = 8;
+/// and at which it is 1 (RocksDB stops writes there).
+const MEMTABLES_WAITING_THROTTLE: i32 = MEMTABLES_MAX - 1;
+const MEMTABLES_WAITING_REFUSE: i32 = MEMTABLES_MAX;
+/// Level-0 files of one large family at which RocksDB starts to slow every write of the
+/// database (its delayed write rate, which it lowers while the files grow), and at which it
+/// stops them. RocksDB's own slowdown is gentle while its rate stays high: in session 8's
+/// batched runs on 10M accounts its rate never fell below 164 MB/s, and a node throttling
+/// from 12 or from 20 files carried 151,000 to 154,000 transfers/s with a p99 of 1.25 s
+/// (callers backing off) where RocksDB alone carried 169,000 to 179,000 with 313 to 338 ms. So
+/// the flow control is a guard against RocksDB's stops and its rate's collapse, not a second
+/// throttle: [`WritePressure::level`] is 0 at [`LEVEL0_THROTTLE_FILES`] and 1 at
+/// [`LEVEL0_REFUSE_FILES`], two before the stop.
 const LEVEL0_SLOWDOWN_FILES: i32 = 20;
+const LEVEL0_THROTTLE_FILES: i32 = 28;
+const LEVEL0_REFUSE_FILES: i32 = 34;
+const LEVEL0_STOP_FILES: i32 = 36;
+/// RocksDB's delayed write rate at which [`WritePressure::level`] is 0, and at which it is 1.
+/// RocksDB starts at the rate limit (256 MB/s) and lowers it by a fifth each time the debt
+/// grows, down to 16 KB/s: an entry of 8,000 transfers (about a megabyte of state) then waits a
+/// minute. At 16 MB/s it waits about 60 ms, at 2 MB/s half a second.
+const DELAYED_RATE_THROTTLE: u64 = 16 << 20;
+const DELAYED_RATE_REFUSE: u64 = 2 << 20;
 /// The families whose compactions can fall behind (the small ones have triggers far above
 /// theirs, see [`Store::open`]).
 const LARGE_FAMILIES: [&str; 3] = [CF_ACCOUNTS, CF_TRANSFERS, CF_HISTORY];
@@ -167,17 +182,30 @@ pub struct WritePressure {
 }
 
 impl WritePressure {
-    /// 0 or less while compactions and flushes keep up; 1 at RocksDB's own slowdown triggers
-    /// (and while it delays or stops writes); in between, how far from the one to the other.
+    /// 0 or less while RocksDB keeps up or slows writes only a little; 1 where it is about to
+    /// stop them or has slowed them so much that an entry would wait half a second; in
+    /// between, how far from the one to the other.
     pub fn level(&self) -> f64 {
         let between = |value: u64, low: i32, high: i32| {
             (value as f64 - f64::from(low)) / f64::from(high - low)
         };
-        let level0 = between(self.level0_files, LEVEL0_THROTTLE_FILES, LEVEL0_SLOWDOWN_FILES);
+        let level0 = between(self.level0_files, LEVEL0_THROTTLE_FILES, LEVEL0_REFUSE_FILES);
         let memtables =
-            between(self.memtables_waiting, MEMTABLES_WAITING_THROTTLE, MEMTABLES_WAITING_SLOWDOWN);
-        let rocksdb = if self.write_stopped || self.delayed_write_rate > 0 { 1.0 } else { -1.0 };
-        level0.max(memtables).max(rocksdb)
+            between(self.memtables_waiting, MEMTABLES_WAITING_THROTTLE, MEMTABLES_WAITING_REFUSE);
+        let delayed = if self.write_stopped {
+            1.0
+        } else if self.delayed_write_rate == 0 {
+            -1.0
+        } else {
+            // Each halving of the rate counts the same.
+            let (rate, low, high) = (
+                self.delayed_write_rate as f64,
+                DELAYED_RATE_REFUSE as f64,
+                DELAYED_RATE_THROTTLE as f64,
+            );
+            (high / rate).log2() / (high / low).log2()
+        };
+        level0.max(memtables).max(delayed)
     }
 }
 
@@ -185,9 +213,9 @@ impl std::fmt::Display for WritePressure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} level-0 files in {} (RocksDB slows writes at {LEVEL0_SLOWDOWN_FILES}), \
-             {} full memtables of {} waiting for a flush (it slows writes at \
-             {MEMTABLES_WAITING_SLOWDOWN})",
+            "{} level-0 files in {} (RocksDB slows writes from {LEVEL0_SLOWDOWN_FILES} and stops \
+             them at {LEVEL0_STOP_FILES}), {} full memtables of {} waiting for a flush (it \
+             stops them at {MEMTABLES_WAITING_REFUSE})",
             self.level0_files, self.level0_family, self.memtables_waiting, self.memtable_family
         )?;
         if self.write_stopped {
@@ -234,7 +262,7 @@ impl Store {
                 // RocksDB's defaults, set here because the node's flow control
                 // ([`Store::write_pressure`]) slows admission ahead of them.
                 cf.set_level_zero_slowdown_writes_trigger(LEVEL0_SLOWDOWN_FILES);
-                cf.set_level_zero_stop_writes_trigger(36);
+                cf.set_level_zero_stop_writes_trigger(LEVEL0_STOP_FILES);
             }
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
             // Off until `start_compactions`: see there.
@@ -782,10 +810,11 @@ mod tests {
     use super::*;
     use hazina_core::NewTransfer;
 
-    /// Compactions are off until `start_compactions`, so each flush leaves one more level-0
-    /// file in every family: the pressure follows them from nothing to RocksDB's trigger.
+    /// Compactions are off until `start_compactions` (and RocksDB then slows no writes for
+    /// level-0 files), so each flush leaves one more level-0 file: the pressure follows them
+    /// from nothing to where the node refuses writes.
     #[test]
-    fn write_pressure_counts_level0_files_up_to_rocksdbs_trigger() {
+    fn write_pressure_counts_level0_files_up_to_where_writes_are_refused() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
         let store = Store::open(dir.path(), &options).expect("open");
@@ -793,25 +822,46 @@ mod tests {
         assert_eq!((quiet.level0_files, quiet.memtables_waiting), (0, 0));
         assert!(quiet.level() < 0.0, "an empty store is not behind: {}", quiet.level());
         assert!(!quiet.write_stopped && quiet.delayed_write_rate == 0);
-        let mut levels = Vec::new();
         let files = |n: i32| u64::try_from(n).expect("positive");
-        for n in 1..=files(LEVEL0_SLOWDOWN_FILES) {
+        let mut levels = Vec::new();
+        for n in 1..=files(LEVEL0_REFUSE_FILES) {
             let applied = Applied { index: n, ..Applied::default() };
             store.write_state(&applied, &Changes::default()).expect("write");
             store.db.put_cf(store.cf(CF_HISTORY), n.to_be_bytes(), b"line").expect("put");
             store.checkpoint(0).expect("flush");
             let pressure = store.write_pressure().expect("pressure");
             assert_eq!(pressure.level0_files, n, "after {n} flushes: {pressure}");
+            assert_eq!(pressure.level0_family, CF_HISTORY);
             levels.push(pressure.level());
         }
-        // Nothing below the throttle's threshold, then rising to 1 at RocksDB's trigger.
+        // Nothing through RocksDB's gentle slowdown, then rising to 1 where the node refuses
+        // writes.
         let at = |n: i32| levels[usize::try_from(n - 1).expect("small")];
-        assert!(at(LEVEL0_THROTTLE_FILES) <= 0.0);
-        assert!(at(LEVEL0_THROTTLE_FILES + 1) > 0.0);
+        assert!(at(LEVEL0_SLOWDOWN_FILES) < 0.0, "{levels:?}");
+        assert!(at(LEVEL0_THROTTLE_FILES) <= 0.0, "{levels:?}");
+        assert!(at(LEVEL0_THROTTLE_FILES + 1) > 0.0, "{levels:?}");
         assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{levels:?}");
-        assert!((at(LEVEL0_SLOWDOWN_FILES) - 1.0).abs() < 1e-9, "{levels:?}");
+        assert!((at(LEVEL0_REFUSE_FILES) - 1.0).abs() < 1e-9, "{levels:?}");
         let behind = store.write_pressure().expect("pressure");
-        assert!(behind.to_string().starts_with("20 level-0 files in "), "{behind}");
+        assert!(behind.to_string().starts_with("34 level-0 files in history"), "{behind}");
+    }
+
+    /// RocksDB's delayed write rate counts by halvings: nothing at 16 MB/s, half-way at 5.7,
+    /// all the way at 2 and below; a stop is all the way.
+    #[test]
+    fn a_falling_delayed_write_rate_raises_the_pressure_to_one() {
+        let at = |rate: u64| WritePressure { delayed_write_rate: rate, ..WritePressure::default() };
+        assert!(at(0).level() < 0.0, "no delay");
+        assert!(at(256 << 20).level() < 0.0, "RocksDB's first, gentle rate");
+        assert!(at(164 << 20).level() < 0.0, "the lowest rate of session 8's batched runs");
+        assert!(at(16 << 20).level().abs() < 1e-9);
+        let half = 5_931_642; // 2 MB/s times the square root of 8
+        assert!((at(half).level() - 0.5).abs() < 1e-3, "{}", at(half).level());
+        assert!((at(2 << 20).level() - 1.0).abs() < 1e-9);
+        assert!(at(16 << 10).level() > 1.0, "RocksDB's floor, 16 KB/s");
+        let stopped = WritePressure { write_stopped: true, ..WritePressure::default() };
+        assert!((stopped.level() - 1.0).abs() < 1e-9);
+        assert!(stopped.to_string().ends_with("RocksDB has stopped writes"), "{stopped}");
     }
 
     /// A store written before session 7 holds statement lines of 24-byte keys and 67-byte

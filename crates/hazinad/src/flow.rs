@@ -1,14 +1,14 @@
 //! Flow control: the node slows its own admission of writes when RocksDB's flushes and
-//! compactions fall behind, instead of letting RocksDB delay its writes.
+//! compactions fall far behind, instead of letting RocksDB stop its writes.
 //!
 //! RocksDB protects itself from compaction debt by delaying every write of the database, at a
 //! rate it lowers while the debt grows (down to 16 KB/s). The node's writer then sits in one
 //! write for seconds and no caller gets an answer: under a sustained batched load on 10M
 //! accounts, 5.6 s without any (docs/BENCHMARKS.md). Instead, a sampler reads RocksDB's
-//! counters every [`SAMPLE_EVERY`] ([`hazina_store::WritePressure`]): below the thresholds
-//! writes are admitted freely; between them and RocksDB's own triggers they are admitted at a
-//! rate that falls from the rate the node was carrying to nothing, as a token bucket; at the
-//! triggers none are. A refused request gets `RESOURCE_EXHAUSTED` at once and changed
+//! counters every [`SAMPLE_EVERY`] ([`hazina_store::WritePressure`]): through RocksDB's own
+//! gentle slowdown writes are admitted freely; as RocksDB nears a stop, or its delayed rate
+//! falls, they are admitted at a rate that falls from the rate the node was carrying to
+//! nothing, as a token bucket; near the stop none are. A refused request gets `RESOURCE_EXHAUSTED` at once and changed
 //! nothing; reads are never refused. See docs/adr/0006-flow-control.md.
 
 use std::collections::VecDeque;
@@ -238,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn the_controller_throttles_from_the_rate_carried_and_closes_at_rocksdbs_trigger() {
+    fn the_controller_throttles_from_the_rate_carried_and_closes_at_level_one() {
         let start = Instant::now();
         let mut controller = Controller::new();
         // 200,000 commands a second for a second, storage keeping up.
@@ -246,7 +246,7 @@ mod tests {
             let control = controller.sample(start + ms(50 * i), 10_000 * i, -0.5);
             assert_eq!(control, Control::Open);
         }
-        // Compactions fall behind: a quarter of the way to RocksDB's trigger.
+        // Compactions fall behind: a quarter of the way to where writes are refused.
         let t = start + ms(1_050);
         match controller.sample(t, 210_000, 0.25) {
             Control::Rate(rate) => assert!((rate - 150_000.0).abs() < 1.0, "{rate}"),
