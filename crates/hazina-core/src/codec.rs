@@ -567,13 +567,29 @@ mod tests {
         assert!(decode_entry(&bytes).is_err());
     }
 
-    #[test]
-    fn records_round_trip_and_reject_bad_enumerations() {
+    /// The account and the record of the version-1 fixtures below (and the round trips).
+    fn sample_account() -> Account {
         let Command::CreateAccount(new) = sample_commands()[0] else { unreachable!() };
         let mut account = Account::new(&new, 12);
         account.credits_posted = 9;
         account.holds_pending = 2;
         account.status = AccountStatus::Frozen;
+        account
+    }
+
+    fn sample_record() -> Transfer {
+        let Command::CreateTransfer(new) = sample_commands()[1] else { unreachable!() };
+        Transfer {
+            new,
+            timestamp: 5,
+            result: ResultCode::ExceedsDailyLimit,
+            hold: HoldState::Voided,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_bad_enumerations() {
+        let account = sample_account();
         let mut bytes = Vec::new();
         encode_account(&account, &mut bytes);
         assert!((ACCOUNT_BYTES_MIN..=ACCOUNT_BYTES_MAX).contains(&bytes.len()));
@@ -581,13 +597,7 @@ mod tests {
         *bytes.last_mut().unwrap() = 0;
         assert!(decode_account(&bytes).is_err());
 
-        let Command::CreateTransfer(new) = sample_commands()[1] else { unreachable!() };
-        let record = Transfer {
-            new,
-            timestamp: 5,
-            result: ResultCode::ExceedsDailyLimit,
-            hold: HoldState::Voided,
-        };
+        let record = sample_record();
         let mut bytes = Vec::new();
         encode_transfer(&record, &mut bytes);
         assert!((TRANSFER_BYTES_MIN..=TRANSFER_BYTES_MAX).contains(&bytes.len()));
@@ -617,19 +627,9 @@ mod tests {
             commands: sample_commands(),
         };
         assert_eq!(decode_entry(&hex(ENTRY)).unwrap(), entry);
-        let Command::CreateAccount(new) = sample_commands()[0] else { unreachable!() };
-        let mut account = Account::new(&new, 12);
-        account.credits_posted = 9;
-        account.holds_pending = 2;
-        account.status = AccountStatus::Frozen;
+        let account = sample_account();
         assert_eq!(decode_account(&hex(ACCOUNT)).unwrap(), account);
-        let Command::CreateTransfer(new) = sample_commands()[1] else { unreachable!() };
-        let record = Transfer {
-            new,
-            timestamp: 5,
-            result: ResultCode::ExceedsDailyLimit,
-            hold: HoldState::Voided,
-        };
+        let record = sample_record();
         assert_eq!(decode_transfer(&hex(TRANSFER)).unwrap(), record);
         // And version 2 is what is written now, and smaller.
         let mut bytes = Vec::new();
