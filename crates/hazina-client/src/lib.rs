@@ -424,7 +424,7 @@ fn account_from_wire(a: &pb::Account) -> Result<Account, ClientError> {
     let bad = |e: hazina_proto::FieldError| ClientError::BadReply(e.to_string());
     let new = hazina_proto::new_account_from_wire(
         a.account.as_ref().unwrap_or(&pb::NewAccount::default()),
-        "account",
+        &"account",
     )
     .map_err(bad)?;
     Ok(Account {

@@ -1,15 +1,29 @@
 //! The protobuf codec of the generated service and client: prost's, except that a message that
 //! cannot be decoded (truncated, garbage) is the caller's error, `INVALID_ARGUMENT`, rather than
-//! prost's `INTERNAL`.
+//! prost's `INTERNAL`, and that each call's buffers start small (see [`BUFFER_BYTES`]).
 
 use std::marker::PhantomData;
 
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
-use tonic_prost::ProstCodec;
+use tonic_prost::{ProstDecoder, ProstEncoder};
+
+/// The first size of the buffer a call encodes its message into, and of the one it decodes
+/// from; both grow as a message needs. Tonic's default, 8 KiB, is far more than a request of one
+/// transfer (about 130 bytes) or its reply, and glibc serves a request of more than 1 KiB from
+/// its large bins, consolidating its free lists first: with four such buffers a call, client
+/// and server, that was about a tenth of the machine's CPU in one transfer per request
+/// (docs/BENCHMARKS.md, session 9). Under 1 KiB the allocation comes from the thread's cache.
+pub const BUFFER_BYTES: usize = 512;
+
+/// Tonic's default: how much a streaming call encodes before it yields.
+const YIELD_THRESHOLD_BYTES: usize = 32 << 10;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+}
 
 pub struct StrictCodec<T, U> {
-    inner: ProstCodec<T, U>,
     _types: PhantomData<(T, U)>,
 }
 
@@ -21,7 +35,7 @@ impl<T, U> std::fmt::Debug for StrictCodec<T, U> {
 
 impl<T, U> Default for StrictCodec<T, U> {
     fn default() -> StrictCodec<T, U> {
-        StrictCodec { inner: ProstCodec::default(), _types: PhantomData }
+        StrictCodec { _types: PhantomData }
     }
 }
 
@@ -32,15 +46,15 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
-    type Decoder = StrictDecoder<<ProstCodec<T, U> as Codec>::Decoder>;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = StrictDecoder<ProstDecoder<U>>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        self.inner.encoder()
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        StrictDecoder(self.inner.decoder())
+        StrictDecoder(ProstDecoder::new(buffer_settings()))
     }
 }
 

@@ -71,8 +71,25 @@ fn narrow<T: TryFrom<u32>>(value: u32, field: impl FnOnce() -> String) -> Result
         .map_err(|_| FieldError { field: field(), reason: format!("{value} is out of range") })
 }
 
+/// Item `index` of a request's list `list`, as errors name it (`transfers[4]`). Formatted only
+/// when a field is bad, so a valid request of 8,000 items allocates no names.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    pub list: &'a str,
+    pub index: usize,
+}
+
+impl std::fmt::Display for Item<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.list, self.index)
+    }
+}
+
 /// Converts one item of `CreateAccounts`. `at` names it in errors (`accounts[4]`).
-pub fn new_account_from_wire(a: &v1::NewAccount, at: &str) -> Result<core::NewAccount, FieldError> {
+pub fn new_account_from_wire(
+    a: &v1::NewAccount,
+    at: &dyn std::fmt::Display,
+) -> Result<core::NewAccount, FieldError> {
     Ok(core::NewAccount {
         id: u128_from_wire(a.id.as_ref()),
         currency: narrow(a.currency, || format!("{at}.currency"))?,
@@ -144,7 +161,7 @@ pub fn status_from_wire(value: i32, field: &str) -> Result<core::AccountStatus, 
 /// Converts one item of `CreateTransfers`. `at` names it in errors (`transfers[4]`).
 pub fn new_transfer_from_wire(
     t: &v1::NewTransfer,
-    at: &str,
+    at: &dyn std::fmt::Display,
 ) -> Result<core::NewTransfer, FieldError> {
     Ok(core::NewTransfer {
         id: u128_from_wire(t.id.as_ref()),
@@ -197,7 +214,7 @@ pub fn transfer_to_wire(t: &core::Transfer) -> v1::Transfer {
 pub fn transfer_from_wire(t: &v1::Transfer) -> Result<core::Transfer, FieldError> {
     let new = new_transfer_from_wire(
         t.transfer.as_ref().unwrap_or(&v1::NewTransfer::default()),
-        "transfer",
+        &"transfer",
     )?;
     let result = result_from_wire(t.result).ok_or_else(|| FieldError {
         field: "result".into(),
@@ -304,7 +321,7 @@ mod tests {
         };
         assert_eq!(transfer_from_wire(&transfer_to_wire(&record)).unwrap(), record);
         let wide = v1::NewTransfer { currency: 70_000, ..v1::NewTransfer::default() };
-        let err = new_transfer_from_wire(&wide, "transfers[2]").unwrap_err();
+        let err = new_transfer_from_wire(&wide, &Item { list: "transfers", index: 2 }).unwrap_err();
         assert_eq!(err.field, "transfers[2].currency");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hazina_core::{Command, ResultCode, TransferFlags};
 use hazina_proto::v1::ledger_server::Ledger;
 use hazina_proto::v1::{self as pb};
-use hazina_proto::{FieldError, u128_from_wire, u128_to_wire};
+use hazina_proto::{FieldError, Item, u128_from_wire, u128_to_wire};
 use tonic::{Request, Response, Status};
 
 use crate::cluster::ClusterNode;
@@ -283,7 +283,7 @@ impl Ledger for LedgerService {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                hazina_proto::new_account_from_wire(a, &format!("accounts[{i}]"))
+                hazina_proto::new_account_from_wire(a, &Item { list: "accounts", index: i })
                     .map(Command::CreateAccount)
             })
             .collect::<Result<Vec<_>, _>>()
@@ -304,7 +304,7 @@ impl Ledger for LedgerService {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                hazina_proto::new_transfer_from_wire(t, &format!("transfers[{i}]"))
+                hazina_proto::new_transfer_from_wire(t, &Item { list: "transfers", index: i })
                     .map(Command::CreateTransfer)
             })
             .collect::<Result<Vec<_>, _>>()
