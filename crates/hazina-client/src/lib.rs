@@ -53,6 +53,7 @@ use hazina_proto::{u128_from_wire, u128_to_wire};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 /// A call that did not give results.
 #[derive(Clone, Debug)]
@@ -87,7 +88,9 @@ impl std::error::Error for ClientError {}
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
     pub attempts: u32,
-    /// Wait before the first retry; doubled for each further one, up to `backoff_max`.
+    /// Wait before the first retry; doubled for each further one, up to `backoff_max`. A refusal
+    /// that says how long to wait (`google.rpc.RetryInfo`) is waited for that long instead, up
+    /// to `backoff_max`.
     pub backoff: Duration,
     pub backoff_max: Duration,
     /// Deadline of each attempt.
@@ -117,6 +120,13 @@ fn retryable(code: Code) -> bool {
         code,
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Unknown
     )
+}
+
+/// The wait a refusal asks for (`google.rpc.RetryInfo`, which a node sends when its storage is
+/// behind: when its admission will have room again), at most `max`.
+fn server_wait(status: &Status, max: Duration) -> Option<Duration> {
+    let delay = status.get_details_retry_info()?.retry_delay?;
+    Some(delay.min(max))
 }
 
 /// The node a client sends to, among the addresses it knows.
@@ -248,8 +258,14 @@ impl Client {
                         None if status.code() == Code::Unavailable => self.rotate(&from),
                         None => {}
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.retry.backoff_max);
+                    match server_wait(&status, self.retry.backoff_max) {
+                        // The server said when it will take the request: no sooner, no later.
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(self.retry.backoff_max);
+                        }
+                    }
                 }
                 Err(status) => return Err(ClientError::Rpc(status)),
             }
@@ -511,5 +527,28 @@ impl TransferBatcher {
         let (reply, result) = oneshot::channel();
         self.submit.send((transfer, reply)).await.map_err(|_| ClientError::Stopped)?;
         result.await.map_err(|_| ClientError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    #[test]
+    fn a_refusal_that_says_when_is_waited_for_that_long_and_no_longer_than_the_policy() {
+        let max = Duration::from_millis(500);
+        let refusal = |delay: Option<Duration>| {
+            let details = ErrorDetails::with_retry_info(delay);
+            Status::with_error_details(Code::ResourceExhausted, "storage is behind", details)
+        };
+        assert_eq!(
+            server_wait(&refusal(Some(Duration::from_millis(37))), max),
+            Some(Duration::from_millis(37))
+        );
+        assert_eq!(server_wait(&refusal(Some(Duration::from_secs(3))), max), Some(max));
+        // No delay in the detail, or no detail: the policy's own backoff.
+        assert_eq!(server_wait(&refusal(None), max), None);
+        assert_eq!(server_wait(&Status::resource_exhausted("queue full"), max), None);
     }
 }

@@ -30,6 +30,11 @@ const RATE_WINDOW: Duration = Duration::from_secs(1);
 const BASE_RATE_MIN: f64 = 1_000.0;
 /// Tokens the bucket holds at most, in seconds of its rate: a short burst passes.
 const BURST: f64 = 0.1;
+/// The wait a refused caller is told while no writes are admitted: the sampler looks again
+/// every [`SAMPLE_EVERY`], and a compaction that fell behind takes longer than that to catch up.
+pub const CLOSED_RETRY_AFTER: Duration = Duration::from_millis(250);
+/// The longest wait a refused caller is told.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(1);
 
 /// What the controller decided, for the admission check.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,6 +115,10 @@ struct Bucket {
     /// so that a batch larger than the bucket still passes, and the next ones wait for it.
     tokens: f64,
     at: Instant,
+    /// When the tokens promised to callers already told to come back will have been earned:
+    /// each refused caller is told a later time than the one before, by its request's share
+    /// of the rate, so that they do not all come back at once and refuse each other again.
+    booked_until: Instant,
     /// What the storage is behind on, for the refusal.
     why: String,
 }
@@ -122,8 +131,14 @@ impl Default for Admission {
 
 impl Admission {
     pub fn new() -> Admission {
-        let bucket =
-            Bucket { control: Control::Open, tokens: 0.0, at: Instant::now(), why: String::new() };
+        let now = Instant::now();
+        let bucket = Bucket {
+            control: Control::Open,
+            tokens: 0.0,
+            at: now,
+            booked_until: now,
+            why: String::new(),
+        };
         Admission { limited: AtomicBool::new(false), bucket: Mutex::new(bucket) }
     }
 
@@ -151,9 +166,21 @@ impl Admission {
         }
         metrics::counter!("hazina_requests_rejected_total", "reason" => "storage_behind")
             .increment(1);
+        let retry_after = if rate > 0.0 {
+            // When the bucket will hold a token again (its deficit and one more, at its
+            // rate), or, if callers refused before were told that time or later, once their
+            // requests are paid for too.
+            // Seconds from now; the booking stays within a minute however low the rate.
+            let booked = bucket.booked_until.saturating_duration_since(now).as_secs_f64();
+            let wait = ((1.0 - bucket.tokens) / rate).max(booked).min(60.0);
+            bucket.booked_until = now + Duration::from_secs_f64((wait + n as f64 / rate).min(60.0));
+            Duration::from_secs_f64(wait).min(RETRY_AFTER_MAX)
+        } else {
+            CLOSED_RETRY_AFTER
+        };
         #[allow(clippy::cast_possible_truncation)] // A rate: finite, at least 0, below 2^53.
         let rate = rate.round() as u64;
-        Err(NodeError::StorageBehind { rate, why: bucket.why.clone() })
+        Err(NodeError::StorageBehind { rate, why: bucket.why.clone(), retry_after })
     }
 
     /// Sets what the controller decided, and why (shown to refused callers).
@@ -288,8 +315,18 @@ mod tests {
         assert_eq!(admission.admit_at(start, 600), Ok(()));
         assert_eq!(admission.admit_at(start, 600), Ok(()), "a token left admits any size");
         match admission.admit_at(start, 1) {
-            Err(NodeError::StorageBehind { rate, why }) => {
+            Err(NodeError::StorageBehind { rate, why, retry_after }) => {
                 assert_eq!((rate, why.as_str()), (10_000, "history is behind"));
+                // 200 tokens short, and one more: 20.1 ms at 10 a millisecond.
+                assert_eq!(retry_after, Duration::from_micros(20_100));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another caller refused at once is told to come back once the first one's token is
+        // earned too: 0.1 ms later.
+        match admission.admit_at(start, 1) {
+            Err(NodeError::StorageBehind { retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_micros(20_200));
             }
             other => panic!("{other:?}"),
         }
@@ -298,11 +335,35 @@ mod tests {
         assert_eq!(admission.admit_at(start + ms(21), 1), Ok(()));
         // A large batch passes once a token is there, and holds the next ones back.
         assert_eq!(admission.admit_at(start + ms(30), 8_000), Ok(()));
-        assert!(admission.admit_at(start + ms(100), 1).is_err());
+        match admission.admit_at(start + ms(100), 1) {
+            // 7,201 tokens short (99 left at 30 ms, less 8,000, plus 700 earned since):
+            // told to come back when they and one more are earned, 720.2 ms later.
+            Err(NodeError::StorageBehind { retry_after, .. }) => {
+                let expected = Duration::from_micros(720_200);
+                assert!(
+                    retry_after.abs_diff(expected) < Duration::from_micros(10),
+                    "{retry_after:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(admission.admit_at(start + ms(30 + 801), 1), Ok(()));
+        // However deep the deficit, the wait told is at most a second.
+        admission.set_at(start + ms(840), Control::Rate(10.0), || "slow".into());
+        assert_eq!(admission.admit_at(start + ms(841), 8_000), Ok(()));
+        match admission.admit_at(start + ms(842), 1) {
+            Err(NodeError::StorageBehind { retry_after, .. }) => {
+                assert_eq!(retry_after, RETRY_AFTER_MAX);
+            }
+            other => panic!("{other:?}"),
+        }
         admission.set_at(start + ms(900), Control::Closed, || "stopped".into());
         let refused = admission.admit_at(start + ms(5_000), 1).expect_err("closed");
-        assert_eq!(refused, NodeError::StorageBehind { rate: 0, why: "stopped".into() });
+        let why = "stopped".into();
+        assert_eq!(
+            refused,
+            NodeError::StorageBehind { rate: 0, why, retry_after: CLOSED_RETRY_AFTER }
+        );
         admission.set_at(start + ms(5_000), Control::Open, || unreachable!("not asked"));
         assert_eq!(admission.admit_at(start + ms(5_000), 8_000), Ok(()));
     }

@@ -101,8 +101,9 @@ pub enum NodeError {
     /// Too many commands queued: retry later (`RESOURCE_EXHAUSTED`).
     Overloaded { queued: usize, max: usize },
     /// Storage is behind the writes (RocksDB's compactions or flushes): writes are admitted at
-    /// about `rate` commands a second, or none while `rate` is 0 (`RESOURCE_EXHAUSTED`).
-    StorageBehind { rate: u64, why: String },
+    /// about `rate` commands a second, or none while `rate` is 0 (`RESOURCE_EXHAUSTED`, with
+    /// `retry_after` as its `google.rpc.RetryInfo`).
+    StorageBehind { rate: u64, why: String, retry_after: Duration },
     /// The ledger is full of accounts (`RESOURCE_EXHAUSTED`).
     AccountsFull { accounts: usize, max: usize },
     /// The request has more commands than one entry holds (`INVALID_ARGUMENT`).
@@ -130,13 +131,13 @@ impl std::fmt::Display for NodeError {
             NodeError::Overloaded { queued, max } => {
                 write!(f, "overloaded: {queued} commands queued, at most {max}; retry later")
             }
-            NodeError::StorageBehind { rate: 0, why } => {
+            NodeError::StorageBehind { rate: 0, why, .. } => {
                 write!(
                     f,
                     "storage is behind ({why}): no writes admitted until it catches up; retry later"
                 )
             }
-            NodeError::StorageBehind { rate, why } => write!(
+            NodeError::StorageBehind { rate, why, .. } => write!(
                 f,
                 "storage is behind ({why}): writes admitted at about {rate} commands/s; retry later"
             ),
@@ -871,8 +872,9 @@ mod tests {
             node.admission.set(Control::Closed, || "20 level-0 files in history".into());
             let refused = node.execute(vec![account(254_700_000_002)]).await;
             match refused {
-                Err(NodeError::StorageBehind { rate: 0, ref why }) => {
+                Err(NodeError::StorageBehind { rate: 0, ref why, retry_after }) => {
                     assert_eq!(why, "20 level-0 files in history");
+                    assert_eq!(retry_after, crate::flow::CLOSED_RETRY_AFTER);
                 }
                 other => panic!("{other:?}"),
             }

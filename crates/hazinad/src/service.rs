@@ -12,7 +12,8 @@ use hazina_core::{Command, ResultCode, TransferFlags};
 use hazina_proto::v1::ledger_server::Ledger;
 use hazina_proto::v1::{self as pb};
 use hazina_proto::{FieldError, Item, u128_from_wire, u128_to_wire};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::cluster::ClusterNode;
 use crate::node::{Node, NodeError};
@@ -230,9 +231,14 @@ pub const LEADER_ADDRESS_HEADER: &str = "hazina-leader-address";
 
 fn node_error(e: NodeError) -> Status {
     match &e {
-        NodeError::Overloaded { .. }
-        | NodeError::StorageBehind { .. }
-        | NodeError::AccountsFull { .. } => Status::resource_exhausted(e.to_string()),
+        NodeError::StorageBehind { retry_after, .. } => {
+            // The standard detail, which gRPC clients and gateways read: when to come back.
+            let details = ErrorDetails::with_retry_info(Some(*retry_after));
+            Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
+        }
+        NodeError::Overloaded { .. } | NodeError::AccountsFull { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
         NodeError::TooLarge { .. } | NodeError::Invalid(_) => {
             Status::invalid_argument(e.to_string())
         }
@@ -438,5 +444,28 @@ impl Ledger for LedgerService {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusReply>, Status> {
         Ok(Response::new(self.node.status().await.map_err(node_error)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_storage_says_when_to_come_back() {
+        let why = "30 level-0 files in history".to_owned();
+        let behind =
+            NodeError::StorageBehind { rate: 9_000, why, retry_after: Duration::from_millis(42) };
+        let status = node_error(behind);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("about 9000 commands/s"), "{}", status.message());
+        let retry = status.get_details_retry_info().expect("a RetryInfo detail");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(42)));
+        // A full queue has no such estimate.
+        let status = node_error(NodeError::Overloaded { queued: 10, max: 10 });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.get_details_retry_info().is_none());
     }
 }
