@@ -393,15 +393,11 @@ impl ClusterNode {
         let admission = Arc::new(Admission::new());
         let mut threads = vec![thread, writer];
         if config.flow_control {
-            let (store_f, shared_f, admission_f) =
-                (Arc::clone(&store), Arc::clone(&shared), Arc::clone(&admission));
-            let sampler = std::thread::Builder::new()
-                .name("hazina-flow".into())
-                .spawn(move || {
-                    let committed = || shared_f.answered_commands.load(Ordering::Relaxed);
-                    flow::sample(&store_f, committed, &admission_f, &writer_gone);
-                })
-                .map_err(|e| StartError::Config(format!("flow control thread: {e}")))?;
+            let shared_f = Arc::clone(&shared);
+            let committed = move || shared_f.answered_commands.load(Ordering::Relaxed);
+            let sampler =
+                flow::start(Arc::clone(&store), committed, Arc::clone(&admission), writer_gone)
+                    .map_err(|e| StartError::Config(format!("flow control thread: {e}")))?;
             threads.push(sampler);
         }
         Ok(ClusterNode {

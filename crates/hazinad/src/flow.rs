@@ -12,7 +12,9 @@
 //! nothing; reads are never refused. See docs/adr/0006-flow-control.md.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -209,6 +211,18 @@ impl Admission {
         bucket.control = control;
         self.limited.store(control != Control::Open, Ordering::Relaxed);
     }
+}
+
+/// Starts the `hazina-flow` thread: [`sample`] until `writer`'s sender is dropped.
+pub(crate) fn start(
+    store: Arc<Store>,
+    committed: impl Fn() -> u64 + Send + 'static,
+    admission: Arc<Admission>,
+    writer: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("hazina-flow".into())
+        .spawn(move || sample(&store, committed, &admission, &writer))
 }
 
 /// Reads RocksDB's pressure every [`SAMPLE_EVERY`] and sets the admission of writes by

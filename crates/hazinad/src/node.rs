@@ -367,12 +367,11 @@ impl Node {
         };
         threads.push(spawn("hazina-writer", move || writer.run()));
         if config.flow_control {
-            let (store_f, shared_f, admission_f) =
-                (Arc::clone(&store), Arc::clone(&shared), Arc::clone(&admission));
-            threads.push(spawn("hazina-flow", move || {
-                let committed = || shared_f.committed_commands.load(Ordering::Relaxed);
-                flow::sample(&store_f, committed, &admission_f, &writer_gone);
-            }));
+            let shared_f = Arc::clone(&shared);
+            let committed = move || shared_f.committed_commands.load(Ordering::Relaxed);
+            let sampler =
+                flow::start(Arc::clone(&store), committed, Arc::clone(&admission), writer_gone);
+            threads.push(sampler.expect("spawn a node thread"));
         }
         let (store_c, shared_c, retain) =
             (Arc::clone(&store), Arc::clone(&shared), config.log_retain);
