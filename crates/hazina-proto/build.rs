@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
     config.bytes(["."]);
-    tonic_prost_build::configure().codec_path("crate::codec::StrictCodec").compile_with_config(
+    tonic_prost_build::configure().codec_path("crate::codec::PeerCodec").compile_with_config(
         config,
         &[peer],
         &[root],
