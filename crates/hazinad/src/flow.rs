@@ -8,8 +8,9 @@
 //! counters every [`SAMPLE_EVERY`] ([`hazina_store::WritePressure`]): through RocksDB's own
 //! gentle slowdown writes are admitted freely; as RocksDB nears a stop, or its delayed rate
 //! falls, they are admitted at a rate that falls from the rate the node was carrying to
-//! nothing, as a token bucket; near the stop none are. A refused request gets `RESOURCE_EXHAUSTED` at once and changed
-//! nothing; reads are never refused. See docs/adr/0006-flow-control.md.
+//! nothing, as a token bucket; near the stop none are. A refused request gets
+//! `RESOURCE_EXHAUSTED` at once and changed nothing, with a `google.rpc.RetryInfo` saying when
+//! to come back; reads are never refused. See docs/adr/0006-flow-control.md.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -171,8 +172,8 @@ impl Admission {
         let retry_after = if rate > 0.0 {
             // When the bucket will hold a token again (its deficit and one more, at its
             // rate), or, if callers refused before were told that time or later, once their
-            // requests are paid for too.
-            // Seconds from now; the booking stays within a minute however low the rate.
+            // requests are paid for too. In seconds from now, booked at most a minute ahead
+            // however low the rate.
             let booked = bucket.booked_until.saturating_duration_since(now).as_secs_f64();
             let wait = ((1.0 - bucket.tokens) / rate).max(booked).min(60.0);
             bucket.booked_until = now + Duration::from_secs_f64((wait + n as f64 / rate).min(60.0));
