@@ -4,7 +4,7 @@
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
@@ -25,29 +25,29 @@ const YIELD_THRESHOLD_BYTES: usize = 32 << 10;
 pub const PEER_BUFFER_BYTES: usize = 8 << 10;
 
 /// The codec of the client API (`hazina.v1`).
-pub type StrictCodec<T, U> = Codec<T, U, BUFFER_BYTES>;
+pub type StrictCodec<T, U> = BufferedCodec<T, U, BUFFER_BYTES>;
 
 /// The codec of site-to-site calls (`hazina.peer.v1`), with tonic's default buffers.
-pub type PeerCodec<T, U> = Codec<T, U, PEER_BUFFER_BYTES>;
+pub type PeerCodec<T, U> = BufferedCodec<T, U, PEER_BUFFER_BYTES>;
 
 /// Prost's codec with strict decoding errors and buffers that start at `BUFFER` bytes.
-pub struct Codec<T, U, const BUFFER: usize> {
+pub struct BufferedCodec<T, U, const BUFFER: usize> {
     _types: PhantomData<(T, U)>,
 }
 
-impl<T, U, const BUFFER: usize> std::fmt::Debug for Codec<T, U, BUFFER> {
+impl<T, U, const BUFFER: usize> std::fmt::Debug for BufferedCodec<T, U, BUFFER> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Codec({BUFFER}-byte buffers)")
+        write!(f, "BufferedCodec({BUFFER}-byte buffers)")
     }
 }
 
-impl<T, U, const BUFFER: usize> Default for Codec<T, U, BUFFER> {
-    fn default() -> Codec<T, U, BUFFER> {
-        Codec { _types: PhantomData }
+impl<T, U, const BUFFER: usize> Default for BufferedCodec<T, U, BUFFER> {
+    fn default() -> BufferedCodec<T, U, BUFFER> {
+        BufferedCodec { _types: PhantomData }
     }
 }
 
-impl<T, U, const BUFFER: usize> tonic::codec::Codec for Codec<T, U, BUFFER>
+impl<T, U, const BUFFER: usize> Codec for BufferedCodec<T, U, BUFFER>
 where
     T: prost::Message + Send + 'static,
     U: prost::Message + Default + Send + 'static,

@@ -208,22 +208,6 @@ async fn writes_resume(load: &Load, after_ms: u64, within: Duration) -> u64 {
     }
 }
 
-/// Waits until `site` has taken a snapshot past `index`; returns the snapshot's index.
-async fn snapshot_past(cluster: &Cluster, site: u64, index: u64, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let statuses = cluster.statuses().await;
-        let at = usize::try_from(site - 1).expect("a small site id");
-        if let Some(status) = &statuses[at]
-            && status.snapshot_index > index
-        {
-            return status.snapshot_index;
-        }
-        assert!(Instant::now() < deadline, "no snapshot past {index} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_after_kill_of_the_primary_loses_nothing() {
     let seed = seed();
@@ -248,7 +232,7 @@ async fn failover_after_kill_of_the_primary_loses_nothing() {
     // Load until the new primary's log no longer reaches back to where the killed site
     // stopped (a snapshot past it by more than --log-keep): a fixed wait made this depend on the
     // machine's speed.
-    let snapshot = snapshot_past(&cluster, new_primary, last_before + 100, Duration::from_secs(30));
+    let snapshot = cluster.snapshot_past(new_primary, last_before + 100, Duration::from_secs(30));
     println!("site {new_primary} took a snapshot at index {}", snapshot.await);
     stop.store(true, Ordering::Relaxed);
     for task in tasks {

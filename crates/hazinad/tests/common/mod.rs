@@ -395,6 +395,21 @@ impl Cluster {
         }
     }
 
+    /// Waits until `site` has taken a snapshot past `index`; returns the snapshot's index.
+    pub async fn snapshot_past(&self, site: u64, index: u64, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        let at = usize::try_from(site - 1).expect("a small site id");
+        loop {
+            if let Some(status) = &self.statuses().await[at]
+                && status.snapshot_index > index
+            {
+                return status.snapshot_index;
+            }
+            assert!(Instant::now() < deadline, "no snapshot past {index} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every running site applied the same index with the same digest.
     pub async fn converged(&self, within: Duration) -> (u64, u128) {
         let deadline = Instant::now() + within;
