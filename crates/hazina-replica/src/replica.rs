@@ -3,7 +3,9 @@
 //! The host owns every effect: it calls [`Replica::tick`] on its clock, hands in messages from
 //! peers ([`Replica::step`]), proposes batches on the leader ([`Replica::propose`]) and, after
 //! each of those, runs [`Replica::handle_ready`], which writes the log, applies committed
-//! entries to the ledger and returns the messages to send and what was applied. Nothing here
+//! entries to the ledger and returns the messages to send and what was applied (or
+//! [`Replica::handle_ready_applying`], which applies a bounded share and leaves the rest
+//! queued). Nothing here
 //! reads a clock, draws a random number or touches a socket, so a simulation can drive three
 //! replicas deterministically.
 
@@ -242,6 +244,10 @@ pub struct Replica<S: LogStore> {
     ledger: Ledger,
     results: Vec<ResultCode>,
     applied: u64,
+    /// Entries raft committed and handed over that are not applied yet, oldest first, and
+    /// their bytes: the host may apply a bounded share per ready ([`Replica::apply_queued`]).
+    to_apply: std::collections::VecDeque<Entry>,
+    to_apply_bytes: u64,
     /// The earliest stamp the next proposal may take, with the (last index, last term) of the
     /// log it was computed from.
     stamp_floor: Option<(u64, u64, Timestamp)>,
@@ -335,6 +341,8 @@ impl<S: LogStore> Replica<S> {
             ledger,
             results: Vec::new(),
             applied: snapshot_index,
+            to_apply: std::collections::VecDeque::new(),
+            to_apply_bytes: 0,
             stamp_floor: None,
             snapshot_every: config.snapshot_every,
             snapshot_every_bytes: config.snapshot_every_bytes,
@@ -415,6 +423,19 @@ impl<S: LogStore> Replica<S> {
     /// the replica must be dropped (fail-stop) and restarted from its log; what `out` holds by
     /// then is still true (messages may be sent, applied entries were committed).
     pub fn handle_ready(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        self.handle_ready_applying(out, usize::MAX)
+    }
+
+    /// [`Replica::handle_ready`], applying at most `entries_max` committed entries, the oldest;
+    /// the others wait for [`Replica::apply_queued`] or the next ready. A host whose thread
+    /// also sends raft's heartbeats applies in slices, so that a burst of committed entries
+    /// (a standby that was behind, a leader acknowledged for many entries at once) does not
+    /// keep its heartbeats back for longer than an election timeout.
+    pub fn handle_ready_applying(
+        &mut self,
+        out: &mut Output,
+        entries_max: usize,
+    ) -> Result<(), ReplicaError> {
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             // A leader may send before its own write (raft thesis 10.2.1): its entries commit
@@ -423,19 +444,52 @@ impl<S: LogStore> Replica<S> {
             if !ready.snapshot().is_empty() {
                 self.install(ready.snapshot(), out)?;
             }
-            self.apply(ready.take_committed_entries(), out)?;
+            self.queue(ready.take_committed_entries());
             self.node.mut_store().write(ready.entries(), ready.hs())?;
             // Votes and append acknowledgements promise what was just written.
             out.messages.extend(ready.take_persisted_messages());
-            let mut light = self.node.advance(ready);
+            let mut light = self.node.advance_append(ready);
             if let Some(commit) = light.commit_index() {
                 self.node.mut_store().set_commit(commit)?;
             }
             out.messages.extend(light.take_messages());
-            self.apply(light.take_committed_entries(), out)?;
-            self.node.advance_apply();
+            self.queue(light.take_committed_entries());
         }
-        self.maybe_compact()
+        self.apply_queued(out, entries_max)?;
+        Ok(())
+    }
+
+    /// Applies up to `entries_max` of the committed entries waiting, oldest first; returns how
+    /// many it applied.
+    pub fn apply_queued(
+        &mut self,
+        out: &mut Output,
+        entries_max: usize,
+    ) -> Result<usize, ReplicaError> {
+        let mut applied = 0;
+        while applied < entries_max
+            && let Some(entry) = self.to_apply.pop_front()
+        {
+            self.to_apply_bytes -= entry.data.len() as u64;
+            self.apply(entry, out)?;
+            applied += 1;
+        }
+        // Also after a snapshot was installed: raft campaigns only from its applied index on.
+        if self.node.raft.raft_log.applied < self.applied {
+            self.node.advance_apply_to(self.applied);
+        }
+        self.maybe_compact()?;
+        Ok(applied)
+    }
+
+    /// Committed entries waiting to be applied, and their bytes.
+    pub fn apply_backlog(&self) -> (usize, u64) {
+        (self.to_apply.len(), self.to_apply_bytes)
+    }
+
+    fn queue(&mut self, entries: Vec<Entry>) {
+        self.to_apply_bytes += entries.iter().map(|e| e.data.len() as u64).sum::<u64>();
+        self.to_apply.extend(entries);
     }
 
     /// Replaces the ledger with the leader's snapshot and the log with it.
@@ -445,6 +499,9 @@ impl<S: LogStore> Replica<S> {
             .map_err(|error| ReplicaError::Codec { index, error })?;
         self.node.mut_store().install_snapshot(snapshot)?;
         self.snapshot_bytes = snapshot.data.len() as u64;
+        // raft takes a snapshot only past its commit index, so past every entry waiting here.
+        self.to_apply.clear();
+        self.to_apply_bytes = 0;
         self.applied = index;
         self.snapshot_index = index;
         self.stamp_floor = None;
@@ -547,61 +604,59 @@ impl<S: LogStore> Replica<S> {
         self.node.report_unreachable(to);
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
-        for entry in entries {
-            if entry.get_entry_type() != EntryType::EntryNormal {
-                return Err(ReplicaError::Unsupported("membership changes".into()));
+    /// Applies one committed entry to the ledger.
+    fn apply(&mut self, entry: Entry, out: &mut Output) -> Result<(), ReplicaError> {
+        if entry.get_entry_type() != EntryType::EntryNormal {
+            return Err(ReplicaError::Unsupported("membership changes".into()));
+        }
+        let (index, term) = (entry.index, entry.term);
+        let acknowledged = self.node.raft.state == StateRole::Leader && self.node.raft.term == term;
+        self.results.clear();
+        let mut refused = None;
+        let mut summary = EntrySummary::default();
+        if !entry.data.is_empty() {
+            let payload = codec::decode_entry(&entry.data)
+                .map_err(|error| ReplicaError::Codec { index, error })?;
+            if payload.index != index || payload.term != term {
+                return Err(ReplicaError::Misplaced {
+                    index,
+                    term,
+                    payload_index: payload.index,
+                    payload_term: payload.term,
+                });
             }
-            let (index, term) = (entry.index, entry.term);
-            let acknowledged =
-                self.node.raft.state == StateRole::Leader && self.node.raft.term == term;
-            self.results.clear();
-            let mut refused = None;
-            let mut summary = EntrySummary::default();
-            if !entry.data.is_empty() {
-                let payload = codec::decode_entry(&entry.data)
-                    .map_err(|error| ReplicaError::Codec { index, error })?;
-                if payload.index != index || payload.term != term {
-                    return Err(ReplicaError::Misplaced {
-                        index,
-                        term,
-                        payload_index: payload.index,
-                        payload_term: payload.term,
-                    });
-                }
-                // The ledger checks a whole batch before it changes anything, so a refusal is
-                // the same on every replica and leaves the state as it was.
-                if let Err(error) =
-                    self.ledger.apply_into(payload.timestamp, &payload.commands, &mut self.results)
-                {
-                    self.results.clear();
-                    refused = Some(error);
-                } else {
-                    summary.commands = payload.commands.len();
-                    for (command, &result) in payload.commands.iter().zip(&self.results) {
-                        match command {
-                            Command::CreateTransfer(_) if result == ResultCode::Ok => {
-                                summary.transfers_ok += 1;
-                            }
-                            Command::SetLimitProfile { .. } => summary.sets_limit_profiles = true,
-                            _ => {}
+            // The ledger checks a whole batch before it changes anything, so a refusal is
+            // the same on every replica and leaves the state as it was.
+            if let Err(error) =
+                self.ledger.apply_into(payload.timestamp, &payload.commands, &mut self.results)
+            {
+                self.results.clear();
+                refused = Some(error);
+            } else {
+                summary.commands = payload.commands.len();
+                for (command, &result) in payload.commands.iter().zip(&self.results) {
+                    match command {
+                        Command::CreateTransfer(_) if result == ResultCode::Ok => {
+                            summary.transfers_ok += 1;
                         }
+                        Command::SetLimitProfile { .. } => summary.sets_limit_profiles = true,
+                        _ => {}
                     }
                 }
             }
-            self.applied = index;
-            self.applied_bytes += entry.data.len() as u64;
-            out.applied.push(Applied {
-                index,
-                term,
-                data: entry.data.clone(),
-                acknowledged,
-                results: self.results.clone(),
-                refused,
-                digest: self.ledger.digest(),
-                summary,
-            });
         }
+        self.applied = index;
+        self.applied_bytes += entry.data.len() as u64;
+        out.applied.push(Applied {
+            index,
+            term,
+            data: entry.data,
+            acknowledged,
+            results: self.results.clone(),
+            refused,
+            digest: self.ledger.digest(),
+            summary,
+        });
         Ok(())
     }
 

@@ -3,7 +3,9 @@
 //! generator. Faults: dropped, duplicated, delayed and reordered messages, one-way link cuts,
 //! a site cut off from both others, crashes with restarts (some part-way through a log write,
 //! leaving a torn tail), operator switchovers and clocks that disagree. Sites compact their
-//! logs behind snapshots, so a site that was down long catches up from a snapshot.
+//! logs behind snapshots, so a site that was down long catches up from a snapshot. Some sites
+//! apply only one or two committed entries per ready, as hazinad applies in slices, so that
+//! their applied index lags their commit index.
 //!
 //! A client keeps a few batches of transfers (from `hazina_testkit::world`) in flight, sends
 //! each to the site it believes leads, follows "not leader" answers, and resends a batch with
@@ -91,6 +93,9 @@ struct Site {
     clock_skew: i64,
     /// Crashes so far, to vary the election timeout across restarts.
     lives: u64,
+    /// Committed entries this life applies per ready at most, as hazinad applies in slices:
+    /// the rest wait, so a site's applied index lags its commit index.
+    apply_per_ready: usize,
 }
 
 #[derive(Debug)]
@@ -159,6 +164,7 @@ impl Sim {
                 // stamps increasing.
                 clock_skew: rng.random_range(-CLOCK_SKEW_MAX..CLOCK_SKEW_MAX),
                 lives: 0,
+                apply_per_ready: usize::MAX,
             })
             .collect();
         let world = World::new(seed ^ 0x5eed, WorldConfig { accounts: 24, batch_commands_max: 30 });
@@ -202,6 +208,8 @@ impl Sim {
         let site = &mut self.sites[k];
         // Each site and each life its own election timeout, from the seed.
         let timeout = 12 + ((site.id * 7 + site.lives * 3 + self.seed) % 9) as usize;
+        site.apply_per_ready =
+            [1, 2, usize::MAX][((site.id + site.lives + self.seed) % 3) as usize];
         let config = ReplicaConfig {
             ledger: self.ledger.clone(),
             snapshot_every: SNAPSHOT_EVERY,
@@ -383,10 +391,10 @@ impl Sim {
 
     /// Runs a site's ready loop and routes what it produced.
     fn drain(&mut self, k: usize) {
-        let id = self.sites[k].id;
+        let (id, apply_per_ready) = (self.sites[k].id, self.sites[k].apply_per_ready);
         let Some(replica) = &mut self.sites[k].replica else { return };
         let mut out = Output::default();
-        let result = replica.handle_ready(&mut out);
+        let result = replica.handle_ready_applying(&mut out, apply_per_ready);
         if let Some((index, digest)) = out.installed_snapshot {
             self.snapshots_installed += 1;
             if let Some(&(first, seen)) = self.digest_at.get(&index) {

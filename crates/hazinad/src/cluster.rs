@@ -11,7 +11,8 @@
 //! The driver owns the [`Replica`]. Each round it takes what is queued (requests, peer
 //! messages, reports), ticks raft on its clock, proposes the round's commands as one entry if
 //! it leads, and runs `handle_ready`: one synced RocksDB write for the new entries and the term
-//! and vote, the messages to send, the committed entries applied to the ledger. What the
+//! and vote, the messages to send, the committed entries applied to the ledger (for about a
+//! tick; what is left waits for the next rounds, so that heartbeats go out on time). What the
 //! applied entries changed goes to the statement writer, which writes their statement lines
 //! and then answers their callers; the driver goes on at once, so its heartbeats never wait on
 //! the state. A caller gets its results only when its entry was applied by the leader that
@@ -23,7 +24,7 @@
 //! naming the primary, which clients follow. A new primary answers reads only once it applied an
 //! entry of its own term, so that it has applied everything committed before it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -57,6 +58,10 @@ pub const PEER_INBOX_MESSAGES_MAX: usize = 65_536;
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Inputs the driver takes in one round besides commands.
 const ROUND_INPUTS_MAX: usize = 4_096;
+/// Bytes of committed entries that may wait to be applied (about six full batches of
+/// transfers); past it a primary holds new commands back and a standby applies until the
+/// backlog is back under it.
+const APPLY_BACKLOG_BYTES_MAX: u64 = 2 << 20;
 /// How long a switchover may take before the operator is told it did not happen.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -372,6 +377,7 @@ impl ClusterNode {
             last_change: format!("started as {:?} in term {}", status.role, status.term),
             last_change_unix_ms: unix_ms(),
             carry: None,
+            held: VecDeque::new(),
             early: out,
             reports: inputs_tx.clone(),
             snapshots_installed: 0,
@@ -557,7 +563,23 @@ fn now_nanos() -> Timestamp {
 /// Writes the statement lines of applied rounds in order and then answers their callers; stops
 /// when the driver does, after the rounds already handed over.
 fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
-    while let Ok(round) = rounds.recv() {
+    while let Ok(mut round) = rounds.recv() {
+        // Rounds waiting meanwhile go in the same write, as one larger round: fewer, larger
+        // sorted writes into the memtable (the driver hands over a round for every slice it
+        // applies).
+        // An account's later copy supersedes its earlier one, as within a round, so the
+        // running balances come out the same.
+        let mut answers = std::mem::take(&mut round.answers);
+        for _ in 1..STATEMENT_ROUNDS_MAX {
+            let Ok(next) = rounds.try_recv() else { break };
+            round.index = next.index;
+            round.changes.accounts.extend(next.changes.accounts);
+            round.changes.transfers.extend(next.changes.transfers);
+            if next.changes.profiles.is_some() {
+                round.changes.profiles = next.changes.profiles;
+            }
+            answers.extend(next.answers);
+        }
         let started = Instant::now();
         if let Err(e) = store.write_statements(&round.changes) {
             tracing::error!(error = %e, "writing statements failed; stopping");
@@ -567,9 +589,9 @@ fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Share
         metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
         shared.applied_index.store(round.index, Ordering::Relaxed);
         metrics::gauge!("hazina_applied_index").set(round.index as f64);
-        let answered: usize = round.answers.iter().map(|(_, results)| results.len()).sum();
+        let answered: usize = answers.iter().map(|(_, results)| results.len()).sum();
         shared.answered_commands.fetch_add(answered as u64, Ordering::Relaxed);
-        for (reply, results) in round.answers {
+        for (reply, results) in answers {
             let _ = reply.send(Ok(results));
         }
     }
@@ -668,6 +690,9 @@ struct Driver {
     last_change: String,
     last_change_unix_ms: u64,
     carry: Option<Input>,
+    /// Commands held back while the apply is behind ([`Driver::applying_behind`]), oldest
+    /// first.
+    held: VecDeque<Input>,
     /// What recovery's first ready produced: sent and stored in the first round.
     early: Output,
     /// For the snapshot thread's report.
@@ -683,12 +708,14 @@ impl Driver {
         self.finish_ready(early);
         loop {
             let mut round = Round::default();
-            let first = match self.carry.take() {
+            let first = match self.carry.take().or_else(|| self.unheld()) {
                 Some(input) => Some(input),
-                None => match self
-                    .inputs
-                    .recv_timeout(next_tick.saturating_duration_since(Instant::now()))
-                {
+                None => match self.inputs.recv_timeout(if self.replica.apply_backlog().0 > 0 {
+                    // Committed entries wait: take what came meanwhile and apply on.
+                    Duration::ZERO
+                } else {
+                    next_tick.saturating_duration_since(Instant::now())
+                }) {
                     Ok(input) => Some(input),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -699,9 +726,13 @@ impl Driver {
             }
             let mut taken = 1;
             while self.carry.is_none() && !round.stop && taken < ROUND_INPUTS_MAX {
-                match self.inputs.try_recv() {
-                    Ok(input) => self.take(&mut round, input),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                if let Some(input) = self.unheld() {
+                    self.take(&mut round, input);
+                } else {
+                    match self.inputs.try_recv() {
+                        Ok(input) => self.take(&mut round, input),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
                 }
                 taken += 1;
             }
@@ -731,14 +762,40 @@ impl Driver {
                 let _ = reply.send(Err(NodeError::Stopped));
             }
         }
+        for input in std::mem::take(&mut self.held) {
+            if let Input::Commands { reply, .. } = input {
+                let _ = reply.send(Err(NodeError::Stopped));
+            }
+        }
         for read in std::mem::take(&mut self.deferred_reads) {
             self.refuse_read(read, &not_leader(&self.sites, leader));
         }
         tracing::info!(site = self.site_id, "driver stopped");
     }
 
+    /// Whether more committed entries wait to be applied than APPLY_BACKLOG_BYTES_MAX: new
+    /// commands are then held back, not proposed (they stay counted in the queue, which
+    /// refuses callers once it is full), so that the entries waiting stay bounded and a round
+    /// stays short.
+    fn applying_behind(&self) -> bool {
+        self.replica.apply_backlog().1 > APPLY_BACKLOG_BYTES_MAX
+    }
+
+    /// The oldest command held back, once the apply has caught up.
+    fn unheld(&mut self) -> Option<Input> {
+        if self.held.is_empty() || self.applying_behind() {
+            return None;
+        }
+        self.held.pop_front()
+    }
+
     fn take(&mut self, round: &mut Round, input: Input) {
         match input {
+            Input::Commands { commands, reply } if self.applying_behind() => {
+                // Inputs come from `held` before the channel once the apply caught up
+                // (`unheld`), so commands keep their order.
+                self.held.push_back(Input::Commands { commands, reply });
+            }
             Input::Commands { commands, reply } => {
                 if !round.commands.is_empty()
                     && round.commands.len() + commands.len() > self.batch_max
@@ -927,15 +984,41 @@ impl Driver {
         let mut out = Output::default();
         let started = Instant::now();
         let written_before = self.replica.log().write_time();
-        if let Err(e) = self.replica.handle_ready(&mut out) {
-            // The log or the ledger cannot go on: stop, and let a restart recover from the log.
+        // The log or the ledger cannot go on: stop, and let a restart recover from the log.
+        let fail = |e: hazina_replica::ReplicaError| -> ! {
             tracing::error!(error = %e, "replica failed; stopping");
             eprintln!("hazinad: replica failed: {e}; stopping");
             std::process::abort();
+        };
+        if let Err(e) = self.replica.handle_ready_applying(&mut out, 0) {
+            fail(e);
         }
         let raft = started.elapsed();
         let log_write = self.replica.log().write_time().saturating_sub(written_before);
         metrics::histogram!("hazina_raft_ready_seconds").record(raft.as_secs_f64());
+        // Appends, and a standby's acknowledgements of what it just wrote, go out before the
+        // apply: the entries commit without waiting for it.
+        self.send_messages(std::mem::take(&mut out.messages));
+        // Apply for about a tick (at least one entry), then go round again: the next round
+        // ticks and sends heartbeats. A burst of committed entries (a standby behind, or
+        // set-up's large batches on a busy machine) applied in one go held a primary's
+        // heartbeats back for over a second, and the standbys elected another. The backlog
+        // stays bounded: a primary past APPLY_BACKLOG_BYTES_MAX holds new commands back
+        // (`applying_behind`); a standby, which cannot, applies down to it.
+        let leads = self.replica.status().role == StateRole::Leader;
+        let applying = Instant::now();
+        loop {
+            let (entries, bytes) = self.replica.apply_backlog();
+            let sliced = applying.elapsed() >= self.tick && !out.applied.is_empty();
+            if entries == 0 || (sliced && (leads || bytes <= APPLY_BACKLOG_BYTES_MAX)) {
+                break;
+            }
+            if let Err(e) = self.replica.apply_queued(&mut out, 1) {
+                fail(e);
+            }
+        }
+        let apply = applying.elapsed();
+        metrics::gauge!("hazina_apply_backlog_entries").set(self.replica.apply_backlog().0 as f64);
         self.finish_ready(out);
         if self.replica.snapshot_due() {
             // A primary's copy holds up every write (seconds for a large ledger on a busy
@@ -953,15 +1036,17 @@ impl Driver {
             tracing::warn!(
                 raft_ms = raft.as_millis(),
                 log_write_ms = log_write.as_millis(),
+                apply_ms = apply.as_millis(),
                 round_ms = round.as_millis(),
-                "slow round: raft's ready (raft_ms: the log write, log_write_ms, and apply), then \
-                 handing over the statements"
+                "slow round: raft's ready (raft_ms, of which the log write, log_write_ms), the \
+                 apply (apply_ms), then handing over the statements"
             );
         }
     }
 
-    fn finish_ready(&mut self, mut out: Output) {
-        for message in std::mem::take(&mut out.messages) {
+    /// Hands raft's messages to the peers' senders; a full queue counts as unreachable.
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
             let to = message.to;
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let sent = self.peers.get(&to).is_some_and(|tx| tx.try_send(message).is_ok());
@@ -972,6 +1057,10 @@ impl Driver {
                 }
             }
         }
+    }
+
+    fn finish_ready(&mut self, mut out: Output) {
+        self.send_messages(std::mem::take(&mut out.messages));
         if let Some((index, digest)) = out.installed_snapshot {
             self.snapshots_installed += 1;
             metrics::counter!("hazina_snapshots_installed_total").increment(1);
