@@ -5,9 +5,10 @@
 //! each of those, runs [`Replica::handle_ready`], which writes the log, applies committed
 //! entries to the ledger and returns the messages to send and what was applied (or
 //! [`Replica::handle_ready_applying`], which applies a bounded share and leaves the rest
-//! queued). Nothing here
-//! reads a clock, draws a random number or touches a socket, so a simulation can drive three
-//! replicas deterministically.
+//! queued). Nothing here reads a clock, draws a random number or touches a socket, so a
+//! simulation can drive three replicas deterministically.
+
+use std::collections::VecDeque;
 
 use hazina_core::codec::{self, CodecError};
 use hazina_core::{
@@ -246,7 +247,7 @@ pub struct Replica<S: LogStore> {
     applied: u64,
     /// Entries raft committed and handed over that are not applied yet, oldest first, and
     /// their bytes: the host may apply a bounded share per ready ([`Replica::apply_queued`]).
-    to_apply: std::collections::VecDeque<Entry>,
+    to_apply: VecDeque<Entry>,
     to_apply_bytes: u64,
     /// The earliest stamp the next proposal may take, with the (last index, last term) of the
     /// log it was computed from.
@@ -341,7 +342,7 @@ impl<S: LogStore> Replica<S> {
             ledger,
             results: Vec::new(),
             applied: snapshot_index,
-            to_apply: std::collections::VecDeque::new(),
+            to_apply: VecDeque::new(),
             to_apply_bytes: 0,
             stamp_floor: None,
             snapshot_every: config.snapshot_every,

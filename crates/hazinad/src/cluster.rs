@@ -566,9 +566,8 @@ fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Share
     while let Ok(mut round) = rounds.recv() {
         // Rounds waiting meanwhile go in the same write, as one larger round: fewer, larger
         // sorted writes into the memtable (the driver hands over a round for every slice it
-        // applies).
-        // An account's later copy supersedes its earlier one, as within a round, so the
-        // running balances come out the same.
+        // applies). An account's later copy supersedes its earlier one, as within a round, so
+        // the running balances come out the same.
         let mut answers = std::mem::take(&mut round.answers);
         for _ in 1..STATEMENT_ROUNDS_MAX {
             let Ok(next) = rounds.try_recv() else { break };
