@@ -376,7 +376,6 @@ impl ClusterNode {
             last_role: (status.role, status.leader, status.term),
             last_change: format!("started as {:?} in term {}", status.role, status.term),
             last_change_unix_ms: unix_ms(),
-            carry: None,
             held: VecDeque::new(),
             early: out,
             reports: inputs_tx.clone(),
@@ -651,6 +650,8 @@ struct Round {
     calls: Vec<(ResultsTx, std::ops::Range<usize>)>,
     creating: usize,
     taken: usize,
+    /// A request did not fit in the round's entry: it waits at the front of `held`.
+    full: bool,
     stop: bool,
 }
 
@@ -688,9 +689,9 @@ struct Driver {
     last_role: (StateRole, Option<u64>, u64),
     last_change: String,
     last_change_unix_ms: u64,
-    carry: Option<Input>,
-    /// Commands held back while the apply is behind ([`Driver::applying_behind`]), oldest
-    /// first.
+    /// Commands held for a later round, oldest first: one that did not fit in the last
+    /// round's entry, and those that came while the apply was behind
+    /// ([`Driver::applying_behind`]).
     held: VecDeque<Input>,
     /// What recovery's first ready produced: sent and stored in the first round.
     early: Output,
@@ -707,7 +708,7 @@ impl Driver {
         self.finish_ready(early);
         loop {
             let mut round = Round::default();
-            let first = match self.carry.take().or_else(|| self.unheld()) {
+            let first = match self.unheld() {
                 Some(input) => Some(input),
                 None => match self.inputs.recv_timeout(if self.replica.apply_backlog().0 > 0 {
                     // Committed entries wait: take what came meanwhile and apply on.
@@ -724,7 +725,7 @@ impl Driver {
                 self.take(&mut round, input);
             }
             let mut taken = 1;
-            while self.carry.is_none() && !round.stop && taken < ROUND_INPUTS_MAX {
+            while !round.full && !round.stop && taken < ROUND_INPUTS_MAX {
                 if let Some(input) = self.unheld() {
                     self.take(&mut round, input);
                 } else {
@@ -780,7 +781,7 @@ impl Driver {
         self.replica.apply_backlog().1 > APPLY_BACKLOG_BYTES_MAX
     }
 
-    /// The oldest command held back, once the apply has caught up.
+    /// The oldest command held, unless the apply is behind.
     fn unheld(&mut self) -> Option<Input> {
         if self.held.is_empty() || self.applying_behind() {
             return None;
@@ -799,7 +800,8 @@ impl Driver {
                 if !round.commands.is_empty()
                     && round.commands.len() + commands.len() > self.batch_max
                 {
-                    self.carry = Some(Input::Commands { commands, reply });
+                    self.held.push_front(Input::Commands { commands, reply });
+                    round.full = true;
                     return;
                 }
                 round.taken += commands.len().max(1);
