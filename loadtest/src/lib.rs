@@ -317,6 +317,7 @@ pub async fn run(mut args: Args) -> Result<Report, Box<dyn std::error::Error>> {
     }
     if !args.skip_setup {
         setup(&clients, &population, args.seed).await?;
+        settle(&args.target).await;
     }
     let metrics_before = scrape(&args.metrics).await;
 
@@ -391,6 +392,62 @@ pub async fn run(mut args: Args) -> Result<Report, Box<dyn std::error::Error>> {
         println!("chart written to {}", path.display());
     }
     Ok(report)
+}
+
+/// How long [`settle`] waits at most for a group's sites to apply the set-up.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// Waits until every reachable site of a replicated group has applied everything the group had
+/// committed when set-up ended (at most [`SETTLE_MAX`]), so that the measured load does not
+/// start in set-up's tail: the primary acknowledges set-up's large entries once two sites hold
+/// them, and the standbys apply them for a second or two after, in slices between their rounds
+/// (docs/adr/0007), while the load's first requests wait for their acknowledgements. A single
+/// site applied its set-up before answering it, and a site that does not answer is not waited
+/// for (a failover run may have one down).
+async fn settle(targets: &str) {
+    let addrs: Vec<&str> = targets.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    if addrs.len() < 2 {
+        return;
+    }
+    let started = Instant::now();
+    let once =
+        RetryPolicy { attempts: 1, timeout: Duration::from_secs(2), ..RetryPolicy::default() };
+    let mut sites = Vec::new();
+    for addr in addrs {
+        if let Ok(client) = Client::connect_with(addr, once).await {
+            sites.push(client);
+        }
+    }
+    // The largest commit index a site knows at the first look (the primary's, or near it):
+    // later writes, another load generator's, do not move it.
+    let mut committed = None;
+    loop {
+        let mut applied = Vec::new();
+        let mut known = None;
+        for site in &sites {
+            if let Ok(status) = site.status().await {
+                applied.push(status.applied_index);
+                known = known.max(Some(status.commit_index));
+            }
+        }
+        let Some(target) = *committed.get_or_insert(known) else { return };
+        if applied.iter().all(|&a| a >= target) {
+            eprintln!(
+                "set-up: every site applied it (index {target}) {:.1} s after it ended",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        if started.elapsed() >= SETTLE_MAX {
+            eprintln!(
+                "set-up: sites still applying it after {} s (applied {applied:?} of {target}); \
+                 starting the load",
+                SETTLE_MAX.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Creates the limit profile, the accounts and the funding, in batches, several in flight.
