@@ -3,7 +3,7 @@
 use clap::Parser;
 
 /// jemalloc serves every allocation of the process, RocksDB's too: under one transfer per
-/// request it took 5% to 8% more transfers a second than glibc's malloc (docs/adr/0008).
+/// request it carried 4% to 7% more transfers a second than with glibc's malloc (docs/adr/0008).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
