@@ -29,7 +29,7 @@ use hazina_core::{
 };
 use hazina_store::{Applied, Changes, Store, StoreError, StoreOptions};
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// How a node runs. `hazinad --help` documents each as a flag.
 #[derive(Clone, Debug)]
@@ -241,6 +241,8 @@ pub struct Node {
     admission: Arc<Admission>,
     store: Arc<Store>,
     shared: Arc<Shared>,
+    /// The index whose state (statement lines among it) the writer has written.
+    state_written: Arc<watch::Sender<u64>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     batch_max: usize,
 }
@@ -336,6 +338,7 @@ impl Node {
         let shared = Arc::new(Shared::default());
         shared.commit_index.store(commit_index, Ordering::Relaxed);
         shared.checkpoint_index.store(applied.index, Ordering::Relaxed);
+        let state_written = Arc::new(watch::Sender::new(commit_index));
         let queued = Arc::new(AtomicUsize::new(0));
         let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
         // Two entries in flight: one syncing, one ready. More would only add latency.
@@ -362,6 +365,7 @@ impl Node {
             durable: durable_rx,
             checkpoint: checkpoint_tx,
             shared: Arc::clone(&shared),
+            state_written: Arc::clone(&state_written),
             checkpoint_every: config.checkpoint_every,
             _alive: writer_alive,
         };
@@ -385,6 +389,7 @@ impl Node {
             admission,
             store,
             shared,
+            state_written,
             threads: Mutex::new(threads),
             batch_max: config.ledger.batch_commands_max,
         })
@@ -428,7 +433,18 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// A page of an account's statement, from storage (durable entries only).
+    /// Waits until the statement lines of every acknowledged entry are in storage: the writer
+    /// answers callers as soon as their entry is synced and writes its state after, so a
+    /// statement asked for right after a reply waits the few microseconds that takes.
+    pub async fn statements_written(&self) -> Result<(), NodeError> {
+        let acknowledged = self.commit_index();
+        let mut written = self.state_written.subscribe();
+        written.wait_for(|&index| index >= acknowledged).await.map_err(|_| NodeError::Stopped)?;
+        Ok(())
+    }
+
+    /// A page of an account's statement, from storage (durable entries only; see
+    /// [`Node::statements_written`]).
     pub fn history(
         &self,
         account: u128,
@@ -773,6 +789,7 @@ struct Writer {
     durable: Receiver<Durable>,
     checkpoint: Sender<()>,
     shared: Arc<Shared>,
+    state_written: Arc<watch::Sender<u64>>,
     checkpoint_every: u64,
     /// Dropped when the writer stops, which stops the flow control's sampler.
     _alive: Sender<()>,
@@ -786,9 +803,13 @@ impl Writer {
             while let Ok(more) = self.durable.try_recv() {
                 group.push(more);
             }
+            let replies: Vec<Reply> =
+                group.iter_mut().flat_map(|d| std::mem::take(&mut d.replies)).collect();
             let entries: Vec<&StagedEntry> =
                 group.iter().filter_map(|d| d.entry.as_ref()).collect();
-            if !entries.is_empty() {
+            if entries.is_empty() {
+                replies.into_iter().for_each(Reply::send);
+            } else {
                 let bytes: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
                 let indexes: Vec<u64> = entries.iter().map(|e| e.index).collect();
                 let started = Instant::now();
@@ -797,22 +818,22 @@ impl Writer {
                 }
                 metrics::histogram!("hazina_log_sync_seconds")
                     .record(started.elapsed().as_secs_f64());
+                let last = indexes[indexes.len() - 1];
+                self.shared.commit_index.store(last, Ordering::Relaxed);
+                metrics::gauge!("hazina_commit_index").set(last as f64);
+                // The entries are durable: answer now, and write their state after. A crash in
+                // between loses only state, which recovery rebuilds from the log; statements
+                // wait for it (`Node::statements_written`).
+                replies.into_iter().for_each(Reply::send);
                 for entry in &entries {
                     if let Err(e) = self.store.write_state(&entry.applied, &entry.changes) {
                         fail_stop("writing the state", &e);
                     }
                 }
-                let last = indexes[indexes.len() - 1];
-                self.shared.commit_index.store(last, Ordering::Relaxed);
-                metrics::gauge!("hazina_commit_index").set(last as f64);
+                self.state_written.send_replace(last);
                 let commands = entries.iter().map(|e| e.commands).sum::<u64>();
                 self.shared.committed_commands.fetch_add(commands, Ordering::Relaxed);
                 since_checkpoint += commands;
-            }
-            for durable in group {
-                for reply in durable.replies {
-                    reply.send();
-                }
             }
             if since_checkpoint >= self.checkpoint_every && self.checkpoint.try_send(()).is_ok() {
                 since_checkpoint = 0;

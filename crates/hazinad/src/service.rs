@@ -63,6 +63,15 @@ impl Backend {
         }
     }
 
+    /// Waits until every acknowledged transfer's statement lines can be read.
+    async fn statements_written(&self) -> Result<(), NodeError> {
+        match self {
+            Backend::Single(node) => node.statements_written().await,
+            // A site answers only after it wrote the statement lines.
+            Backend::Cluster(_) => Ok(()),
+        }
+    }
+
     fn history(
         &self,
         account: u128,
@@ -369,6 +378,7 @@ impl Ledger for LedgerService {
                 reason: format!("{} exceeds the page limit of {HISTORY_LIMIT_MAX}", request.limit),
             }));
         }
+        self.node.statements_written().await.map_err(node_error)?;
         let node = self.node.clone();
         let page = tokio::task::spawn_blocking(move || {
             node.history(account, request.from_timestamp, request.limit as usize)
