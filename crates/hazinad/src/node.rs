@@ -907,4 +907,51 @@ mod tests {
         });
         node.shutdown();
     }
+
+    /// Callers are answered before their entry's state is written: a statement asked for right
+    /// after each answer still shows that answer's transfer, with the balance after it.
+    #[test]
+    fn a_statement_after_an_answer_shows_its_transfer() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let node = Node::start(NodeConfig::new(dir.path().to_path_buf())).expect("start");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (trust, wallet) = (1_000u128, 254_700_000_001u128);
+        let account = |id, kind: AccountKind| {
+            Command::CreateAccount(NewAccount {
+                id,
+                currency: CURRENCY_KES,
+                kind: kind as u16,
+                ..NewAccount::default()
+            })
+        };
+        runtime.block_on(async {
+            let created = node
+                .execute(vec![
+                    account(trust, AccountKind::TrustBank),
+                    account(wallet, AccountKind::CustomerWallet),
+                ])
+                .await
+                .expect("open");
+            assert_eq!(created, [ResultCode::Ok, ResultCode::Ok]);
+            for k in 1..=200u128 {
+                let deposit = hazina_core::NewTransfer {
+                    id: k,
+                    debit_account_id: trust,
+                    credit_account_id: wallet,
+                    amount: 50_00,
+                    currency: CURRENCY_KES,
+                    tx_type: hazina_core::TransactionType::CashIn as u16,
+                    ..hazina_core::NewTransfer::default()
+                };
+                let results = node.execute(vec![Command::CreateTransfer(deposit)]).await;
+                assert_eq!(results.expect("deposit"), [ResultCode::Ok]);
+                node.statements_written().await.expect("running");
+                let page = node.history(wallet, 0, 1_000).expect("statement");
+                let last = page.entries.last().expect("a line");
+                assert_eq!(page.entries.len() as u128, k, "after deposit {k}");
+                assert_eq!((last.transfer_id, last.balance_after), (k, 50_00 * k as i128));
+            }
+        });
+        node.shutdown();
+    }
 }
