@@ -5,11 +5,12 @@
 //!  (tokio tasks)              (one thread)           (one thread)
 //!                             gathers requests       appends the entries to the log and
 //!                             into one batch,        syncs once for all of them (group
-//!                             prefetches records,    commit), writes what they changed,
-//!                             applies it in memory   then answers their callers
+//!                             prefetches records,    commit), answers their callers, then
+//!                             applies it in memory   writes what they changed
 //! ```
 //!
-//! A caller gets its results only after the entry holding its commands is synced. While the
+//! A caller gets its results only after the entry holding its commands is synced; statements
+//! wait until its state is written too ([`Node::statements_written`]). While the
 //! writer syncs one group, the sequencer gathers and applies the next: the longer a sync takes,
 //! the more requests the next entry carries. Reads go through the same queue and are answered
 //! by the writer after everything applied before them is durable, so a read never shows a
