@@ -869,6 +869,15 @@ mod tests {
     use crate::flow::Control;
     use hazina_core::{AccountKind, CURRENCY_KES, NewAccount};
 
+    fn account(id: u128, kind: AccountKind) -> Command {
+        Command::CreateAccount(NewAccount {
+            id,
+            currency: CURRENCY_KES,
+            kind: kind as u16,
+            ..NewAccount::default()
+        })
+    }
+
     /// While the flow control says storage is behind, writes are refused at once with the
     /// reason and change nothing; reads are served; once it opens, writes go through.
     #[test]
@@ -879,14 +888,7 @@ mod tests {
         config.flow_control = false;
         let node = Node::start(config).expect("start");
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        let account = |id| {
-            Command::CreateAccount(NewAccount {
-                id,
-                currency: CURRENCY_KES,
-                kind: AccountKind::CustomerWallet as u16,
-                ..NewAccount::default()
-            })
-        };
+        let account = |id| account(id, AccountKind::CustomerWallet);
         runtime.block_on(async {
             let created = node.execute(vec![account(254_700_000_001)]).await.expect("open");
             assert_eq!(created, [ResultCode::Ok]);
@@ -917,14 +919,6 @@ mod tests {
         let node = Node::start(NodeConfig::new(dir.path().to_path_buf())).expect("start");
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let (trust, wallet) = (1_000u128, 254_700_000_001u128);
-        let account = |id, kind: AccountKind| {
-            Command::CreateAccount(NewAccount {
-                id,
-                currency: CURRENCY_KES,
-                kind: kind as u16,
-                ..NewAccount::default()
-            })
-        };
         runtime.block_on(async {
             let created = node
                 .execute(vec![
