@@ -6,11 +6,14 @@
 //!                             gathers requests       appends the entries to the log and
 //!                             into one batch,        syncs once for all of them (group
 //!                             prefetches records,    commit), answers their callers, then
-//!                             applies it in memory   writes what they changed
+//!                             applies it in memory   stages what they changed in the store
+//!                                                    (a checkpoint thread writes it to
+//!                                                    RocksDB, sorted, every
+//!                                                    --checkpoint-every commands)
 //! ```
 //!
 //! A caller gets its results only after the entry holding its commands is synced; statements
-//! wait until its state is written too ([`Node::statements_written`]). While the
+//! wait until its state is staged too ([`Node::statements_written`]). While the
 //! writer syncs one group, the sequencer gathers and applies the next: the longer a sync takes,
 //! the more requests the next entry carries. Reads go through the same queue and are answered
 //! by the writer after everything applied before them is durable, so a read never shows a
@@ -23,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::flow::{self, Admission};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use hazina_core::codec::{self, Entry};
 use hazina_core::{
     Account, Command, HistoryPage, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer,
@@ -43,7 +46,9 @@ pub struct NodeConfig {
     /// Commands queued and not yet in an entry beyond which requests are refused
     /// (`RESOURCE_EXHAUSTED`).
     pub queue_commands_max: usize,
-    /// Commands applied between checkpoints: bounds what a restart after a crash replays.
+    /// Commands applied between checkpoints: bounds what a restart after a crash replays, and
+    /// the changes the store holds in memory until a checkpoint writes them (at most about
+    /// six times this many commands' worth, while checkpoints fall behind).
     pub checkpoint_every: u64,
     /// Entries kept in the log behind a checkpoint.
     pub log_retain: u64,
@@ -435,7 +440,7 @@ impl Node {
     }
 
     /// Waits until the statement lines of every acknowledged entry are in storage: the writer
-    /// answers callers as soon as their entry is synced and writes its state after, so a
+    /// answers callers as soon as their entry is synced and stages its state after, so a
     /// statement asked for right after a reply waits the few microseconds that takes.
     pub async fn statements_written(&self) -> Result<(), NodeError> {
         let acknowledged = self.commit_index();
@@ -526,24 +531,7 @@ fn apply_entry(
     timestamp: Timestamp,
     commands: &[Command],
 ) -> Result<(Vec<ResultCode>, Changes), String> {
-    let mut missing = Vec::new();
-    for command in commands {
-        if let Command::CreateTransfer(t) = command {
-            for id in [t.id, t.pending_id] {
-                if id != 0 && ledger.transfer(id).is_none() {
-                    missing.push(id);
-                }
-            }
-        }
-    }
-    if !missing.is_empty() {
-        missing.sort_unstable();
-        missing.dedup();
-        let found = store.transfers(&missing).map_err(|e| e.to_string())?;
-        for record in found.into_iter().flatten() {
-            ledger.load_transfer(record);
-        }
-    }
+    store.load_named_records(ledger, commands).map_err(|e| e.to_string())?;
     let results = ledger.apply(timestamp, commands).map_err(|e| e.to_string())?;
     let mut changes = Changes::default();
     ledger.take_changes(&mut changes.accounts, &mut changes.transfers);
@@ -822,7 +810,7 @@ impl Writer {
                 let last = indexes[indexes.len() - 1];
                 self.shared.commit_index.store(last, Ordering::Relaxed);
                 metrics::gauge!("hazina_commit_index").set(last as f64);
-                // The entries are durable: answer now, and write their state after. A crash in
+                // The entries are durable: answer now, and stage their state after. A crash in
                 // between loses only state, which recovery rebuilds from the log; statements
                 // wait for it (`Node::statements_written`).
                 replies.into_iter().for_each(Reply::send);
@@ -836,8 +824,25 @@ impl Writer {
                 self.shared.committed_commands.fetch_add(commands, Ordering::Relaxed);
                 since_checkpoint += commands;
             }
-            if since_checkpoint >= self.checkpoint_every && self.checkpoint.try_send(()).is_ok() {
-                since_checkpoint = 0;
+            if since_checkpoint >= self.checkpoint_every {
+                match self.checkpoint.try_send(()) {
+                    Ok(()) => since_checkpoint = 0,
+                    Err(TrySendError::Full(()))
+                        if since_checkpoint >= 2 * self.checkpoint_every =>
+                    {
+                        // Checkpoints fall behind, and what waits for one is held in memory:
+                        // wait for the running one to end and the next to take it.
+                        let started = Instant::now();
+                        if self.checkpoint.send(()).is_ok() {
+                            since_checkpoint = 0;
+                        }
+                        tracing::warn!(
+                            seconds = started.elapsed().as_secs_f64(),
+                            "writes waited for a checkpoint"
+                        );
+                    }
+                    Err(_) => {}
+                }
             }
         }
         // The sequencer stopped: a last checkpoint makes the next start replay nothing.
