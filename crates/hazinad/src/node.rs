@@ -439,7 +439,8 @@ impl Node {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Waits until the statement lines of every acknowledged entry are in storage: the writer
+    /// Waits until the statement lines of every acknowledged entry are in the store (staged in
+    /// memory or written by a checkpoint, [`Store::history`] reads both): the writer
     /// answers callers as soon as their entry is synced and stages its state after, so a
     /// statement asked for right after a reply waits the few microseconds that takes.
     pub async fn statements_written(&self) -> Result<(), NodeError> {
