@@ -144,6 +144,17 @@ pub struct Checkpoint {
     pub holds: Vec<Transfer>,
 }
 
+/// What a checkpoint wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Checkpointed {
+    /// The index of the last entry the stored checkpoint covers.
+    pub index: u64,
+    /// Transfer records, statement lines and accounts written (each once, at its latest).
+    pub records: usize,
+    pub lines: usize,
+    pub accounts: usize,
+}
+
 /// Tuning of the database. The defaults suit a node with a few GiB for RocksDB.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -151,11 +162,21 @@ pub struct StoreOptions {
     pub write_buffer_bytes: usize,
     /// Bytes of the shared block cache.
     pub block_cache_bytes: usize,
+    /// Commands a staged layer is sized for when it is made: the most it holds, twice the
+    /// node's checkpoint interval. A layer that grew by doubling copied itself into fresh pages
+    /// each time, 75% of the node's page faults under batched load (docs/BENCHMARKS.md, session
+    /// 14). Sizing it up front only reserves address space; pages are taken as entries fill
+    /// them. 0: no sizing.
+    pub staged_commands: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
-        StoreOptions { write_buffer_bytes: 64 << 20, block_cache_bytes: 512 << 20 }
+        StoreOptions {
+            write_buffer_bytes: 64 << 20,
+            block_cache_bytes: 512 << 20,
+            staged_commands: 0,
+        }
     }
 }
 
@@ -263,12 +284,14 @@ pub struct Store {
     /// compression and filters as the family's own files.
     file_options: Vec<(&'static str, Options)>,
     ingest_dir: PathBuf,
+    /// See [`StoreOptions::staged_commands`].
+    staged_commands: usize,
 }
 
 /// The staged state: what the entries since the running checkpoint began changed (`active`),
 /// and what the running checkpoint is writing (`frozen`). Changes move from `active` to
 /// `frozen` to RocksDB, and a read looks in that order, so it never misses one on its way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Layers {
     active: Pending,
     frozen: Option<Arc<Pending>>,
@@ -318,10 +341,15 @@ impl Store {
         std::fs::create_dir_all(&ingest_dir).map_err(|e| io_error(&ingest_dir, &e))?;
         let mut store = Store {
             db,
-            layers: RwLock::new(Layers::default()),
+            layers: RwLock::new(Layers {
+                active: Pending::with_capacity(options.staged_commands),
+                frozen: None,
+                spare: None,
+            }),
             checkpointing: Mutex::new(()),
             file_options,
             ingest_dir,
+            staged_commands: options.staged_commands,
         };
         if !legacy.is_empty() {
             store.move_legacy_checkpoint(&legacy)?;
@@ -456,25 +484,32 @@ impl Store {
 
     /// Writes everything staged as sorted files, takes them into RocksDB (the checkpoint last,
     /// in one step) and trims the log up to `applied.index - retain`. Returns the index the
-    /// stored checkpoint stands at. Entries keep being staged meanwhile; one checkpoint runs at
-    /// a time.
-    pub fn checkpoint(&self, retain: u64) -> Result<u64, StoreError> {
+    /// stored checkpoint stands at and what it wrote. Entries keep being staged meanwhile; one
+    /// checkpoint runs at a time.
+    pub fn checkpoint(&self, retain: u64) -> Result<Checkpointed, StoreError> {
         let _one = self.checkpointing.lock();
         let frozen = {
             let mut layers = self.layers.write();
             if layers.active.is_empty() {
                 None
             } else {
-                let spare = layers.spare.take().unwrap_or_default();
+                let spare = layers
+                    .spare
+                    .take()
+                    .unwrap_or_else(|| Pending::with_capacity(self.staged_commands));
                 let frozen = Arc::new(std::mem::replace(&mut layers.active, spare));
                 layers.frozen = Some(Arc::clone(&frozen));
                 Some(frozen)
             }
         };
+        let mut written = Checkpointed::default();
         let applied = match frozen {
             None => self.stored_applied()?,
             Some(frozen) => {
                 let applied = frozen.applied.expect("a staged layer names its last entry");
+                written.records = frozen.transfers.len();
+                written.lines = frozen.lines.len();
+                written.accounts = frozen.accounts.len();
                 let records = pending::order_by(&frozen.transfers, |t| t.new.id);
                 self.write_records(&frozen, &records)?;
                 self.write_lines(&frozen)?;
@@ -504,7 +539,8 @@ impl Store {
             let log = self.cf(CF_LOG);
             self.db.delete_range_cf(log, 0u64.to_be_bytes(), trim_below.to_be_bytes())?;
         }
-        Ok(applied.index)
+        written.index = applied.index;
+        Ok(written)
     }
 
     /// The staged records, as one sorted file of the `transfers` family; `order` is their
@@ -1168,7 +1204,11 @@ mod tests {
     #[test]
     fn write_pressure_counts_level0_files_up_to_where_writes_are_refused() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
+        let options = StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            block_cache_bytes: 1 << 20,
+            ..Default::default()
+        };
         let store = Store::open(dir.path(), &options).expect("open");
         let quiet = store.write_pressure().expect("pressure");
         assert_eq!((quiet.level0_files, quiet.memtables_waiting), (0, 0));
@@ -1221,7 +1261,11 @@ mod tests {
     #[test]
     fn a_statement_reads_lines_of_both_formats_in_time_order() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
+        let options = StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            block_cache_bytes: 1 << 20,
+            ..Default::default()
+        };
         let store = Store::open(dir.path(), &options).expect("open");
         let (account, other) = (254_700_000_001u128, 254_700_000_002u128);
         // Version 1: transfer 10 credited 500 at time 100, leaving 500.
@@ -1300,7 +1344,11 @@ mod tests {
     }
 
     fn small_store(path: &Path) -> Store {
-        let options = StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 1 << 20 };
+        let options = StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            block_cache_bytes: 1 << 20,
+            ..Default::default()
+        };
         Store::open(path, &options).expect("open")
     }
 
@@ -1352,7 +1400,7 @@ mod tests {
                     let entry = Entry { index, term: 1, timestamp, commands };
                     apply_and_stage(&store, &mut ledger, &entry);
                     if index == 30 {
-                        assert_eq!(store.checkpoint(1_000).expect("checkpoint"), 30);
+                        assert_eq!(store.checkpoint(1_000).expect("checkpoint").index, 30);
                     }
                 }
                 // The next checkpoint writes its records and lines, then the process dies.

@@ -52,7 +52,29 @@ pub(crate) struct Pending {
     pub profiles: Option<BTreeMap<LimitProfileId, LimitProfile>>,
 }
 
+/// Statement lines a command stages at most: a transfer's debit and credit.
+const LINES_PER_COMMAND: usize = 2;
+/// Bytes of a statement line's value, about.
+const LINE_BYTES: usize = 32;
+
 impl Pending {
+    /// An empty layer with room for the changes of `commands` commands, each a transfer
+    /// between two accounts. Only address space: pages are taken as entries fill them.
+    pub fn with_capacity(commands: usize) -> Pending {
+        let lines = commands * LINES_PER_COMMAND;
+        Pending {
+            applied: None,
+            accounts: Vec::with_capacity(commands),
+            account_at: Map::with_capacity_and_hasher(commands, Default::default()),
+            transfers: Vec::with_capacity(commands),
+            transfer_at: Map::with_capacity_and_hasher(commands, Default::default()),
+            lines: Vec::with_capacity(lines),
+            line_bytes: Vec::with_capacity(lines * LINE_BYTES),
+            last_line: Map::with_capacity_and_hasher(commands, Default::default()),
+            profiles: None,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.applied.is_none()
     }

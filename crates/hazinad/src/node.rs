@@ -288,7 +288,14 @@ impl Node {
         let started = Instant::now();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
-        let store = Arc::new(Store::open(&config.data_dir, &config.store)?);
+        // A staged layer holds one checkpoint interval of commands and a little more, and never
+        // two: the writer waits for a checkpoint first.
+        let options = StoreOptions {
+            staged_commands: usize::try_from(config.checkpoint_every.saturating_mul(2))
+                .unwrap_or(usize::MAX),
+            ..config.store.clone()
+        };
+        let store = Arc::new(Store::open(&config.data_dir, &options)?);
         tracing::info!(path = %config.data_dir.display(), "loading checkpoint");
         let checkpoint = store.load_checkpoint(|accounts| {
             tracing::info!(accounts, "loading checkpoint: accounts read");
@@ -855,10 +862,19 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
     let checkpoint = |why: &str| {
         let started = Instant::now();
         match store.checkpoint(retain) {
-            Ok(index) => {
+            Ok(written) => {
+                let index = written.index;
                 shared.checkpoint_index.store(index, Ordering::Relaxed);
                 metrics::gauge!("hazina_checkpoint_index").set(index as f64);
-                tracing::info!(index, why, seconds = started.elapsed().as_secs_f64(), "checkpoint");
+                tracing::info!(
+                    index,
+                    why,
+                    records = written.records,
+                    lines = written.lines,
+                    accounts = written.accounts,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "checkpoint"
+                );
             }
             Err(e) => fail_stop("a checkpoint", &e),
         }

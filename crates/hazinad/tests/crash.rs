@@ -169,7 +169,11 @@ async fn caller(
 fn replay_log(data_dir: &std::path::Path) -> Ledger {
     let store = Store::open(
         data_dir,
-        &StoreOptions { write_buffer_bytes: 4 << 20, block_cache_bytes: 8 << 20 },
+        &StoreOptions {
+            write_buffer_bytes: 4 << 20,
+            block_cache_bytes: 8 << 20,
+            ..Default::default()
+        },
     )
     .expect("open the killed node's store");
     let entries = store.entries_after(0).expect("read the log");
