@@ -162,11 +162,12 @@ pub struct StoreOptions {
     pub write_buffer_bytes: usize,
     /// Bytes of the shared block cache.
     pub block_cache_bytes: usize,
-    /// Commands a staged layer is sized for when it is made: the most it holds, twice the
-    /// node's checkpoint interval. A layer that grew by doubling copied itself into fresh pages
-    /// each time, 75% of the node's page faults under batched load (docs/BENCHMARKS.md, session
-    /// 14). Sizing it up front only reserves address space; pages are taken as entries fill
-    /// them. 0: no sizing.
+    /// Commands a staged layer's lists are sized for when it is made: twice the node's
+    /// checkpoint interval (a layer holds one and a little more while checkpoints keep up, up
+    /// to three when they fall behind). A layer that grew by doubling copied itself into fresh
+    /// pages each time, 75% of the node's page faults under batched load (docs/BENCHMARKS.md,
+    /// session 14). The room is address space only: the lists fill their pages in order. 0:
+    /// no sizing.
     pub staged_commands: usize,
 }
 

@@ -58,20 +58,19 @@ const LINES_PER_COMMAND: usize = 2;
 const LINE_BYTES: usize = 32;
 
 impl Pending {
-    /// An empty layer with room for the changes of `commands` commands, each a transfer
-    /// between two accounts. Only address space: pages are taken as entries fill them.
+    /// An empty layer whose lists have room for the changes of `commands` commands, each a
+    /// transfer between two accounts. Only address space: the lists fill their pages in order,
+    /// as entries come. The hash maps grow as they fill instead: a map made large at once
+    /// scatters its first inserts over all of its pages, which then stay resident however
+    /// little is staged. A layer reused after a checkpoint keeps what both grew to.
     pub fn with_capacity(commands: usize) -> Pending {
         let lines = commands * LINES_PER_COMMAND;
         Pending {
-            applied: None,
             accounts: Vec::with_capacity(commands),
-            account_at: Map::with_capacity_and_hasher(commands, Default::default()),
             transfers: Vec::with_capacity(commands),
-            transfer_at: Map::with_capacity_and_hasher(commands, Default::default()),
             lines: Vec::with_capacity(lines),
             line_bytes: Vec::with_capacity(lines * LINE_BYTES),
-            last_line: Map::with_capacity_and_hasher(commands, Default::default()),
-            profiles: None,
+            ..Pending::default()
         }
     }
 

@@ -288,8 +288,8 @@ impl Node {
         let started = Instant::now();
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
-        // A staged layer holds one checkpoint interval of commands and a little more, and never
-        // two: the writer waits for a checkpoint first.
+        // A staged layer holds one checkpoint interval of commands and a little more while the
+        // checkpoints keep up, and up to three when they fall behind (the writer then waits).
         let options = StoreOptions {
             staged_commands: usize::try_from(config.checkpoint_every.saturating_mul(2))
                 .unwrap_or(usize::MAX),
