@@ -900,6 +900,71 @@ mod tests {
         })
     }
 
+    /// Checkpoints that fall behind hold the writer back (ADR 0009, what is staged stays
+    /// bounded): once twice the interval is staged since it last asked for a checkpoint, and
+    /// that request is still waiting, the writer stages nothing more until the checkpoint
+    /// thread takes the request. The test plays the checkpoint thread.
+    #[test]
+    fn the_writer_waits_for_a_checkpoint_once_twice_the_interval_is_staged() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let store = Store::open(dir.path(), &StoreOptions::default()).expect("store");
+        let (durable, durable_rx) = crossbeam_channel::unbounded();
+        let (checkpoint_tx, checkpoint_rx) = crossbeam_channel::bounded(1);
+        let (alive, _alive_rx) = crossbeam_channel::bounded(1);
+        let state_written = Arc::new(watch::channel(0).0);
+        let writer = Writer {
+            store: Arc::new(store),
+            durable: durable_rx,
+            checkpoint: checkpoint_tx,
+            shared: Arc::default(),
+            state_written: Arc::clone(&state_written),
+            checkpoint_every: 10,
+            _alive: alive,
+        };
+        let thread = std::thread::spawn(move || writer.run());
+        // Entries of one interval each (10 commands).
+        let entry = |index: u64| Durable {
+            entry: Some(StagedEntry {
+                index,
+                commands: 10,
+                bytes: vec![1, 2, 3],
+                applied: Applied { index, term: 1, ..Applied::default() },
+                changes: Changes::default(),
+            }),
+            replies: Vec::new(),
+        };
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+        let mut written = state_written.subscribe();
+        let mut staged_within = |index: u64, wait: Duration| {
+            let staged = async {
+                tokio::time::timeout(wait, written.wait_for(|&w| w >= index))
+                    .await
+                    .map(|r| r.is_ok())
+            };
+            runtime.block_on(staged) == Ok(true)
+        };
+        // 1: one interval staged, a checkpoint asked for (the request waits in the channel).
+        // 2: a second interval; the request is still waiting. 3: a third, twice the interval
+        // since the request: the writer waits for room for its next one.
+        for index in 1..=3 {
+            durable.send(entry(index)).expect("the writer runs");
+            assert!(staged_within(index, Duration::from_secs(10)), "entry {index} staged");
+        }
+        durable.send(entry(4)).expect("the writer runs");
+        assert!(
+            !staged_within(4, Duration::from_millis(500)),
+            "entry 4 staged while the checkpoints were behind"
+        );
+        // The checkpoint thread takes the waiting request: the writer asks for the next one
+        // and goes on.
+        checkpoint_rx.recv().expect("a checkpoint was asked for");
+        assert!(staged_within(4, Duration::from_secs(10)), "entry 4 staged after the wait");
+        assert_eq!(checkpoint_rx.try_recv(), Ok(()), "the next checkpoint is asked for");
+        drop(durable);
+        thread.join().expect("the writer stops");
+    }
+
     /// While the flow control says storage is behind, writes are refused at once with the
     /// reason and change nothing; reads are served; once it opens, writes go through.
     #[test]
