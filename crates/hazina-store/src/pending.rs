@@ -5,6 +5,7 @@
 //! statement line; the memtable inserts it replaces were most of the node's storage work
 //! (docs/BENCHMARKS.md, session 13). Reads look here before RocksDB.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use hazina_core::{Account, LimitProfile, LimitProfileId, Timestamp, Transfer};
@@ -129,12 +130,13 @@ impl Pending {
     }
 }
 
+/// Stages `item` under `id`, replacing an earlier copy: one probe of the map either way.
 fn put<T>(items: &mut Vec<T>, at: &mut Map<u32>, id: u128, item: T) {
-    match at.get(&id) {
-        Some(&i) => items[i as usize] = item,
-        None => {
+    match at.entry(id) {
+        Entry::Occupied(earlier) => items[*earlier.get() as usize] = item,
+        Entry::Vacant(slot) => {
             let i = u32::try_from(items.len()).expect("a checkpoint comes long before 2^32 items");
-            at.insert(id, i);
+            slot.insert(i);
             items.push(item);
         }
     }
