@@ -290,9 +290,11 @@ impl Node {
             .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
         // A staged layer holds one checkpoint interval of commands and a little more while the
         // checkpoints keep up, and up to three when they fall behind (the writer then waits).
+        // Past `STAGED_COMMANDS_SIZED` its lists grow as they fill: a very long interval must
+        // not ask for more address space than the machine will map.
+        let staged = config.checkpoint_every.saturating_mul(2).min(STAGED_COMMANDS_SIZED);
         let options = StoreOptions {
-            staged_commands: usize::try_from(config.checkpoint_every.saturating_mul(2))
-                .unwrap_or(usize::MAX),
+            staged_commands: usize::try_from(staged).unwrap_or(usize::MAX),
             ..config.store.clone()
         };
         let store = Arc::new(Store::open(&config.data_dir, &options)?);
@@ -780,6 +782,11 @@ pub(crate) fn count_outcomes(results: &[ResultCode], transfers_ok: u64) {
     metrics::counter!("hazina_commands_total").increment(results.len() as u64);
     metrics::counter!("hazina_transfers_total").increment(transfers_ok);
 }
+
+/// The most commands a staged layer's lists are sized for up front (twice the default
+/// checkpoint interval; about 2.6 GB of address space a layer, of which only what fills is
+/// resident).
+const STAGED_COMMANDS_SIZED: u64 = 4_000_000;
 
 struct Writer {
     store: Arc<Store>,
