@@ -8,12 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use hazina_client::{Client, RetryPolicy};
 use hazina_loadtest::{Args, run};
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("address").port()).collect()
-}
+use hazina_testkit::free_ports;
 
 /// The site every running site names as primary, once they agree.
 async fn primary(api: &[String], running: &[bool]) -> usize {

@@ -10,6 +10,33 @@ pub mod model;
 pub mod traffic;
 pub mod world;
 
+/// Ports on 127.0.0.1 that were free a moment ago, for tests that must name their servers'
+/// ports before starting them (the sites of a group name each other's). Each is held while the
+/// rest are found, then let go for the server to bind. They are picked at random below the
+/// range Linux gives the local ends of outgoing connections (32768 and up by default): a port
+/// found by binding port 0 comes from that range, and in about one run in six of the cluster
+/// tests some connection's local end took it before the server bound it ("Address already in
+/// use", session 14). Picking ports is not test data: no seed.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use rand::Rng;
+    const PORTS: std::ops::Range<u16> = 20_000..32_000;
+    let mut rng = rand::rng();
+    let mut held: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut tries = 0;
+    while held.len() < n {
+        tries += 1;
+        assert!(tries <= 10_000, "no {n} free ports on 127.0.0.1 in {PORTS:?}");
+        let port = rng.random_range(PORTS);
+        if held.iter().any(|l| l.local_addr().is_ok_and(|a| a.port() == port)) {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    held.iter().map(|l| l.local_addr().expect("a bound listener").port()).collect()
+}
+
 /// The seeds a random test runs: `HAZINA_SEED` alone if set, else `cases` seeds derived from
 /// `base` (the count can be raised with `HAZINA_CASES`).
 pub fn seeds(base: u64, cases: usize) -> Vec<u64> {

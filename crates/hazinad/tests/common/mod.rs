@@ -89,9 +89,13 @@ impl Server {
                 return server;
             }
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                // The folder goes with the test: the log's end is in the message.
+                let log =
+                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 panic!(
-                    "hazinad exited with {status} before serving; see {}",
-                    data_dir.with_extension("log").display()
+                    "hazinad exited with {status} before serving; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
             assert!(Instant::now() < deadline, "hazinad did not serve within 60 s");
@@ -140,14 +144,7 @@ impl Drop for Server {
     }
 }
 
-/// Free ports on 127.0.0.1, found by binding port 0 (and then letting go, so a race with
-/// another process is possible but unlikely).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
-}
+pub use hazina_testkit::free_ports;
 
 /// A TCP forwarder on 127.0.0.1 standing for one direction of a link between two sites: cut,
 /// it drops its connections and every new one, as a network partition would.
