@@ -109,6 +109,45 @@ pub struct Args {
     pub plot: Option<PathBuf>,
 }
 
+/// Items in chunks of [`CHUNK`]: growing never copies what is already held. A single list
+/// doubles, and at run B's rate each doubling copied hundreds of megabytes into fresh pages
+/// while every caller waited for the lock: the run's rate fell to a tenth for a second at 8M,
+/// 16M and 32M acknowledged transfers (docs/BENCHMARKS.md, session 15).
+#[derive(Debug)]
+struct Chunks<T> {
+    full: Vec<Vec<T>>,
+    open: Vec<T>,
+}
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Chunks<T> {
+        Chunks { full: Vec::new(), open: Vec::new() }
+    }
+}
+
+/// Items a chunk holds: also the most ids the verification looks up in one request.
+const CHUNK: usize = 8_000;
+
+impl<T> Chunks<T> {
+    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        for item in items {
+            if self.open.len() == CHUNK {
+                let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
+                self.full.push(full);
+            }
+            if self.open.capacity() == 0 {
+                self.open.reserve_exact(CHUNK);
+            }
+            self.open.push(item);
+        }
+    }
+
+    /// Every chunk, in the order the items came, none empty.
+    fn into_chunks(self) -> impl Iterator<Item = Vec<T>> {
+        self.full.into_iter().chain(Some(self.open).filter(|open| !open.is_empty()))
+    }
+}
+
 /// What the run saw, shared by the workers.
 #[derive(Debug)]
 struct Tally {
@@ -121,7 +160,7 @@ struct Tally {
     sampled: Mutex<Sampled>,
     results: Mutex<BTreeMap<u16, u64>>,
     /// Every acknowledged transfer and its outcome, for verification.
-    acknowledged: Mutex<Vec<(u128, ResultCode)>>,
+    acknowledged: Mutex<Chunks<(u128, ResultCode)>>,
     transfers: AtomicU64,
     requests: AtomicU64,
     transport_errors: AtomicU64,
@@ -148,7 +187,7 @@ impl Tally {
             timeline: Mutex::new(Vec::new()),
             sampled: Mutex::new(Sampled::new(Instant::now())),
             results: Mutex::new(BTreeMap::new()),
-            acknowledged: Mutex::new(Vec::new()),
+            acknowledged: Mutex::new(Chunks::default()),
             transfers: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             transport_errors: AtomicU64::new(0),
@@ -754,7 +793,8 @@ async fn verify(
     v.credits_posted = credits.to_string();
     // Every acknowledged transfer, looked up again.
     let acknowledged = std::mem::take(&mut *tally.acknowledged.lock().expect("tally"));
-    for chunk in acknowledged.chunks(8_000) {
+    for chunk in acknowledged.into_chunks() {
+        let chunk = chunk.as_slice();
         let ids: Vec<u128> = chunk.iter().map(|(id, _)| *id).collect();
         let found: BTreeMap<u128, ResultCode> = client
             .lookup_transfers(&ids)
@@ -841,4 +881,24 @@ fn print_table(r: &Report) {
         println!("  node metrics agree          not checked (metrics off or unreachable)");
     }
     println!("  PASSED                      {}", v.passed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHUNK, Chunks};
+
+    #[test]
+    fn chunks_keep_every_item_in_order_and_never_exceed_a_chunk() {
+        let mut chunks = Chunks::default();
+        // Requests of 1, then 8,000, then 3: chunk edges fall inside requests.
+        chunks.extend(0..1u64);
+        chunks.extend(1..8_001);
+        chunks.extend(8_001..8_004);
+        let full_capacity: Vec<usize> = chunks.full.iter().map(Vec::capacity).collect();
+        assert_eq!(full_capacity, vec![CHUNK], "a full chunk is never grown");
+        let all: Vec<Vec<u64>> = chunks.into_chunks().collect();
+        assert_eq!(all.iter().map(Vec::len).collect::<Vec<_>>(), vec![CHUNK, 4]);
+        assert_eq!(all.concat(), (0..8_004).collect::<Vec<u64>>());
+        assert_eq!(Chunks::<u64>::default().into_chunks().count(), 0, "no empty chunk");
+    }
 }
