@@ -121,7 +121,7 @@ struct Chunks<T> {
 
 impl<T> Default for Chunks<T> {
     fn default() -> Chunks<T> {
-        Chunks { full: Vec::new(), open: Vec::new() }
+        Chunks { full: Vec::new(), open: Vec::with_capacity(CHUNK) }
     }
 }
 
@@ -134,9 +134,6 @@ impl<T> Chunks<T> {
             if self.open.len() == CHUNK {
                 let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK));
                 self.full.push(full);
-            }
-            if self.open.capacity() == 0 {
-                self.open.reserve_exact(CHUNK);
             }
             self.open.push(item);
         }
@@ -794,7 +791,6 @@ async fn verify(
     // Every acknowledged transfer, looked up again.
     let acknowledged = std::mem::take(&mut *tally.acknowledged.lock().expect("tally"));
     for chunk in acknowledged.into_chunks() {
-        let chunk = chunk.as_slice();
         let ids: Vec<u128> = chunk.iter().map(|(id, _)| *id).collect();
         let found: BTreeMap<u128, ResultCode> = client
             .lookup_transfers(&ids)
@@ -802,7 +798,7 @@ async fn verify(
             .into_iter()
             .map(|t| (t.new.id, t.result))
             .collect();
-        for (id, result) in chunk {
+        for (id, result) in &chunk {
             v.acknowledged_checked += 1;
             // Every id is fresh, so `Exists` means an earlier attempt was applied but its answer
             // lost (the primary failed or stepped down first): the record says `Ok`.
