@@ -32,8 +32,10 @@
 //! A site of a replicated group keeps raft's log in a database of its own, [`RaftLog`], beside
 //! the state: its synced writes then never wait for the state's memtables to be switched and
 //! flushed (measured: seconds, docs/BENCHMARKS.md). Its state database holds only statement
-//! lines ([`Store::write_statements`], through the memtables, without the WAL): the site
-//! rebuilds its ledger from raft's snapshot and log, never from a stored checkpoint.
+//! lines, staged in memory like a single site's state ([`Store::stage_statements`]) and written
+//! as sorted files ([`Store::write_staged_lines`]) at least before each of raft's snapshots is
+//! kept: the site rebuilds its ledger from raft's snapshot and log, never from a stored
+//! checkpoint, and its restart replays (and stages again) the lines of the entries after it.
 
 mod pending;
 mod raft_log;
@@ -169,6 +171,9 @@ pub struct StoreOptions {
     /// session 14). The room is address space only: the lists fill their pages in order. 0:
     /// no sizing.
     pub staged_commands: usize,
+    /// Entries stage only statement lines ([`Store::stage_statements`], a replicated site):
+    /// a staged layer is sized for those alone.
+    pub stage_lines_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -177,6 +182,7 @@ impl Default for StoreOptions {
             write_buffer_bytes: 64 << 20,
             block_cache_bytes: 512 << 20,
             staged_commands: 0,
+            stage_lines_only: false,
         }
     }
 }
@@ -285,8 +291,9 @@ pub struct Store {
     /// compression and filters as the family's own files.
     file_options: Vec<(&'static str, Options)>,
     ingest_dir: PathBuf,
-    /// See [`StoreOptions::staged_commands`].
+    /// See [`StoreOptions::staged_commands`] and [`StoreOptions::stage_lines_only`].
     staged_commands: usize,
+    stage_lines_only: bool,
 }
 
 /// The staged state: what the entries since the running checkpoint began changed (`active`),
@@ -343,7 +350,7 @@ impl Store {
         let mut store = Store {
             db,
             layers: RwLock::new(Layers {
-                active: Pending::with_capacity(options.staged_commands),
+                active: Pending::with_capacity(options.staged_commands, options.stage_lines_only),
                 frozen: None,
                 spare: None,
             }),
@@ -351,6 +358,7 @@ impl Store {
             file_options,
             ingest_dir,
             staged_commands: options.staged_commands,
+            stage_lines_only: options.stage_lines_only,
         };
         if !legacy.is_empty() {
             store.move_legacy_checkpoint(&legacy)?;
@@ -445,23 +453,72 @@ impl Store {
         Ok(())
     }
 
-    /// Writes only the statement lines of what some entries changed, through the memtables and
-    /// without the write-ahead log: for a site of a replicated group, which rebuilds its ledger
-    /// from raft's snapshot and log and never reads a stored checkpoint.
-    pub fn write_statements(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::default();
-        let history = self.cf(CF_HISTORY);
-        let (mut lines, values) = history_lines(changes);
-        // In key order: a memtable is a skip list that keeps the place of its last insert, so
-        // keys in order are each found a few steps from the one before.
-        lines.sort_by_key(|line| line.0);
-        for (key, value) in lines {
-            batch.put_cf(history, key, &values[value]);
+    /// Stages only the statement lines of what entries up to `index` changed, in memory, where
+    /// [`Store::history`] finds them; [`Store::write_staged_lines`] writes them. For a site of a
+    /// replicated group, which rebuilds its ledger from raft's snapshot and log and never reads
+    /// a stored checkpoint: its accounts and records stay in the ledger's memory.
+    pub fn stage_statements(&self, index: u64, changes: &Changes) -> Result<(), StoreError> {
+        // Encoded before taking the lock, which readers wait for.
+        let (lines, values) = history_lines(changes);
+        let mut layers = self.layers.write();
+        let pending = &mut layers.active;
+        // The entries' lines are worked out newest first; an account's lines are staged oldest
+        // first.
+        for (key, value) in lines.into_iter().rev() {
+            pending.stage_line(key, &values[value]);
         }
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
-        self.db.write_opt(batch, &options)?;
+        pending.applied = Some(Applied { index, ..Applied::default() });
         Ok(())
+    }
+
+    /// Writes the statement lines staged by [`Store::stage_statements`] as one sorted file of
+    /// the `history` family and ingests it; lines staged meanwhile wait for the next call. Once
+    /// it returns, the lines of every entry up to the returned index survive a crash. One runs
+    /// at a time, like [`Store::checkpoint`].
+    pub fn write_staged_lines(&self) -> Result<Checkpointed, StoreError> {
+        let _one = self.checkpointing.lock();
+        let mut written = Checkpointed::default();
+        if let Some(frozen) = self.freeze() {
+            written.index = frozen.applied.expect("a staged layer names its last entry").index;
+            written.lines = frozen.lines.len();
+            self.write_lines(&frozen)?;
+            self.release(frozen);
+        }
+        Ok(written)
+    }
+
+    /// Statement lines staged and not yet being written.
+    pub fn staged_lines(&self) -> usize {
+        self.layers.read().active.lines.len()
+    }
+
+    /// Moves what is staged to the frozen layer, which a checkpoint writes while new entries
+    /// are staged in a fresh one (the last checkpoint's, emptied, when there is one). `None`
+    /// when nothing is staged. Called with `checkpointing` held.
+    fn freeze(&self) -> Option<Arc<Pending>> {
+        let mut layers = self.layers.write();
+        if layers.active.is_empty() {
+            return None;
+        }
+        let spare = layers
+            .spare
+            .take()
+            .unwrap_or_else(|| Pending::with_capacity(self.staged_commands, self.stage_lines_only));
+        let frozen = Arc::new(std::mem::replace(&mut layers.active, spare));
+        layers.frozen = Some(Arc::clone(&frozen));
+        Some(frozen)
+    }
+
+    /// Drops the frozen layer, written: reads find its changes in RocksDB from now on. Its
+    /// allocations serve the next checkpoint.
+    fn release(&self, frozen: Arc<Pending>) {
+        let mut layers = self.layers.write();
+        layers.frozen = None;
+        // Nobody else holds it: readers look at it under the lock only.
+        if let Ok(mut emptied) = Arc::try_unwrap(frozen) {
+            emptied.clear();
+            layers.spare = Some(emptied);
+        }
     }
 
     /// Where the state stands: the last entry staged, else the stored checkpoint.
@@ -489,20 +546,7 @@ impl Store {
     /// checkpoint runs at a time.
     pub fn checkpoint(&self, retain: u64) -> Result<Checkpointed, StoreError> {
         let _one = self.checkpointing.lock();
-        let frozen = {
-            let mut layers = self.layers.write();
-            if layers.active.is_empty() {
-                None
-            } else {
-                let spare = layers
-                    .spare
-                    .take()
-                    .unwrap_or_else(|| Pending::with_capacity(self.staged_commands));
-                let frozen = Arc::new(std::mem::replace(&mut layers.active, spare));
-                layers.frozen = Some(Arc::clone(&frozen));
-                Some(frozen)
-            }
-        };
+        let frozen = self.freeze();
         let mut written = Checkpointed::default();
         let applied = match frozen {
             None => self.stored_applied()?,
@@ -525,13 +569,7 @@ impl Store {
                     .map(|at| &frozen.accounts[at as usize])
                     .collect();
                 self.write_checkpoint(&accounts, &holds, frozen.profiles.as_ref(), &applied)?;
-                let mut layers = self.layers.write();
-                layers.frozen = None;
-                // Nobody else holds it: readers look at it under the lock only.
-                if let Ok(mut emptied) = Arc::try_unwrap(frozen) {
-                    emptied.clear();
-                    layers.spare = Some(emptied);
-                }
+                self.release(frozen);
                 applied
             }
         };
@@ -1219,7 +1257,7 @@ mod tests {
         let mut levels = Vec::new();
         let history = store.cf(CF_HISTORY);
         for n in 1..=files(LEVEL0_REFUSE_FILES) {
-            // A replicated site's statement lines, through the memtable: each flush is a file.
+            // Lines put through the memtable: each flush is a file.
             store.db.put_cf(history, n.to_be_bytes(), b"line").expect("put");
             store.db.flush_cf(history).expect("flush");
             let pressure = store.write_pressure().expect("pressure");
@@ -1278,7 +1316,7 @@ mod tests {
         v1[49..51].copy_from_slice(&2u16.to_le_bytes());
         v1[51..67].copy_from_slice(&other.to_le_bytes());
         store.db.put_cf(store.cf(CF_HISTORY), history_seek_key(account, 100), v1).expect("put");
-        // Version 2, through the writer: transfer 11 debits 200 at time 101, leaving 300.
+        // Version 2, staged and written: transfer 11 debits 200 at time 101, leaving 300.
         let new = NewTransfer {
             id: 11,
             debit_account_id: account,
@@ -1292,7 +1330,8 @@ mod tests {
         let (mine, theirs) = (standing(account, 500, 200), standing(other, 200, 0));
         let changes =
             Changes { accounts: vec![mine, theirs], transfers: vec![transfer], profiles: None };
-        store.write_statements(&changes).expect("write");
+        store.stage_statements(1, &changes).expect("stage");
+        assert_eq!(store.write_staged_lines().expect("write").lines, 2);
 
         let page = store.history(account, 0, 10).expect("history");
         let seen: Vec<_> =
@@ -1312,12 +1351,73 @@ mod tests {
         let again = Transfer { timestamp: 100, ..transfer };
         let changes =
             Changes { accounts: vec![mine, theirs], transfers: vec![again], profiles: None };
-        store.write_statements(&changes).expect("write");
+        store.stage_statements(2, &changes).expect("stage");
+        store.write_staged_lines().expect("write");
         let page = store.history(account, 0, 10).expect("history");
         let times: Vec<_> = page.entries.iter().map(|e| e.timestamp).collect();
         assert_eq!(times, [100, 101]);
         let first = store.history(account, 0, 1).expect("history");
         assert_eq!(first.next_from, Some(101), "the duplicate is not the next page");
+    }
+
+    /// A replicated site's statement lines: staged lines are read at once, survive a crash
+    /// only once written, and a line both stored and staged again (the replay after a restart
+    /// re-applies entries whose lines were written) counts once, also after it is written again.
+    #[test]
+    fn staged_statement_lines_are_read_at_once_and_survive_a_crash_once_written() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let options = StoreOptions {
+            write_buffer_bytes: 1 << 20,
+            block_cache_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (wallet, till) = (254_700_000_001u128, 5_001u128);
+        // Entry 1: the wallet pays 200 at time 100; entry 2: 300 more at time 101.
+        let entry = |id: u128, timestamp: Timestamp, paid: u128| {
+            let new = NewTransfer {
+                id,
+                debit_account_id: wallet,
+                credit_account_id: till,
+                amount: paid - if id == 1 { 0 } else { 200 },
+                tx_type: 1,
+                ..NewTransfer::default()
+            };
+            let hold = hazina_core::HoldState::None;
+            let transfer = Transfer { new, timestamp, result: ResultCode::Ok, hold };
+            let accounts = vec![standing(wallet, 1_000, paid), standing(till, paid, 0)];
+            Changes { accounts, transfers: vec![transfer], profiles: None }
+        };
+        let (first, second) = (entry(1, 100, 200), entry(2, 101, 500));
+        let balances = |store: &Store| -> Vec<(Timestamp, i128)> {
+            let page = store.history(till, 0, 10).expect("history");
+            page.entries.iter().map(|e| (e.timestamp, e.balance_after)).collect()
+        };
+        {
+            let store = Store::open(dir.path(), &options).expect("open");
+            store.stage_statements(1, &first).expect("stage");
+            assert_eq!(balances(&store), [(100, 200)], "a staged line is read at once");
+            assert_eq!(store.staged_lines(), 2);
+            let written = store.write_staged_lines().expect("write");
+            assert_eq!((written.index, written.lines), (1, 2));
+            assert_eq!(store.staged_lines(), 0);
+            store.stage_statements(2, &second).expect("stage");
+            assert_eq!(balances(&store), [(100, 200), (101, 500)]);
+            // Dropped without writing entry 2's lines: a crash.
+        }
+        let store = Store::open(dir.path(), &options).expect("reopen");
+        assert_eq!(balances(&store), [(100, 200)], "only written lines survive");
+        // The replay after the restart stages both entries again.
+        store.stage_statements(1, &first).expect("stage");
+        store.stage_statements(2, &second).expect("stage");
+        assert_eq!(balances(&store), [(100, 200), (101, 500)], "each line once");
+        assert_eq!(store.write_staged_lines().expect("write").index, 2);
+        assert_eq!(store.write_staged_lines().expect("nothing staged").lines, 0);
+        drop(store);
+        let store = Store::open(dir.path(), &options).expect("reopen");
+        assert_eq!(balances(&store), [(100, 200), (101, 500)]);
+        let wallet_lines = store.history(wallet, 0, 10).expect("history");
+        let wallet_lines: Vec<_> = wallet_lines.entries.iter().map(|e| e.balance_after).collect();
+        assert_eq!(wallet_lines, [800, 500]);
     }
 
     /// An active wallet with these posted totals.

@@ -63,12 +63,14 @@ impl Pending {
     /// transfer between two accounts. Only address space: the lists fill their pages in order,
     /// as entries come. The hash maps grow as they fill instead: a map made large at once
     /// scatters its first inserts over all of its pages, which then stay resident however
-    /// little is staged. A layer reused after a checkpoint keeps what both grew to.
-    pub fn with_capacity(commands: usize) -> Pending {
+    /// little is staged. A layer reused after a checkpoint keeps what both grew to. With
+    /// `lines_only`, room for the statement lines alone.
+    pub fn with_capacity(commands: usize, lines_only: bool) -> Pending {
         let lines = commands * LINES_PER_COMMAND;
+        let items = if lines_only { 0 } else { commands };
         Pending {
-            accounts: Vec::with_capacity(commands),
-            transfers: Vec::with_capacity(commands),
+            accounts: Vec::with_capacity(items),
+            transfers: Vec::with_capacity(items),
             lines: Vec::with_capacity(lines),
             line_bytes: Vec::with_capacity(lines * LINE_BYTES),
             ..Pending::default()

@@ -5,7 +5,7 @@
 //!  gRPC handlers ─┐                     ┌─▶ peer senders (one tokio task per site) ─▶ sites
 //!  peer service ──┼─inputs─▶ driver ────┤
 //!  sender reports ┘        (one thread) └─▶ statement writer ─▶ replies to the gRPC handlers
-//!                                           (one thread)
+//!                                           (one thread)  └─▶ lines writer (one thread)
 //! ```
 //!
 //! The driver owns the [`Replica`]. Each round it takes what is queued (requests, peer
@@ -13,9 +13,12 @@
 //! it leads, and runs `handle_ready`: one synced RocksDB write for the new entries and the term
 //! and vote, the messages to send, the committed entries applied to the ledger (for about a
 //! tick; what is left waits for the next rounds, so that heartbeats go out on time). What the
-//! applied entries changed goes to the statement writer, which writes their statement lines
-//! and then answers their callers; the driver goes on at once, so its heartbeats never wait on
-//! the state. A caller gets its results only when its entry was applied by the leader that
+//! applied entries changed goes to the statement writer, which stages their statement lines in
+//! memory (where statements read them) and then answers their callers; the driver goes on at
+//! once, so its heartbeats never wait on the state. The lines writer writes what is staged to
+//! RocksDB as one sorted file every `statements_every` commands, and the snapshot thread has it
+//! written up to a snapshot's entry before the snapshot is kept: a restart replays only the
+//! log after the kept snapshot, staging those entries' lines again (docs/adr/0009). A caller gets its results only when its entry was applied by the leader that
 //! proposed it, in the same term: by then it is durable on this site and at least one other
 //! (docs/adr/0003). While the driver writes, requests queue, so the next round's entry is
 //! larger: group commit.
@@ -30,7 +33,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use hazina_core::{Account, Command, HistoryPage, LedgerConfig, ResultCode, Timestamp, Transfer};
 use hazina_proto::peer::peer_client::PeerClient;
 use hazina_proto::peer::{StepReply, StepRequest};
@@ -45,7 +48,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::flow::{self, Admission};
-use crate::node::{NodeError, StartError, admit_and_send, count_outcomes};
+use crate::node::{NodeError, STAGED_COMMANDS_SIZED, StartError, admit_and_send, count_outcomes};
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -120,6 +123,9 @@ pub struct ClusterConfig {
     /// Slow the admission of writes when the statement lines' compactions fall behind
     /// ([`crate::flow`]).
     pub flow_control: bool,
+    /// Commands whose statement lines are staged in memory before they are written to RocksDB
+    /// as one sorted file (they are also written before each snapshot is kept).
+    pub statements_every: u64,
     pub store: StoreOptions,
 }
 
@@ -156,6 +162,9 @@ impl ClusterConfig {
         }
         if self.queue_commands_max < self.ledger.batch_commands_max {
             return Err("the queue must hold at least one full batch".into());
+        }
+        if self.statements_every == 0 {
+            return Err("statements_every must be at least 1".into());
         }
         Ok(())
     }
@@ -257,8 +266,10 @@ struct Shared {
     /// The applied index when `leader` was last set: statements are served once the statement
     /// writer has written up to it.
     reads_index: AtomicU64,
-    /// The last entry whose statement lines are written.
+    /// The last entry whose statement lines are staged (statements read them from then on).
     applied_index: AtomicU64,
+    /// Set when the statement writer stops: nothing will be staged any more.
+    statements_stopped: std::sync::atomic::AtomicBool,
     inbox: AtomicUsize,
     known_leader: Mutex<Option<u64>>,
     /// Commands of this site's callers answered since start, for the flow control's rate.
@@ -277,7 +288,7 @@ pub struct ClusterNode {
     shared: Arc<Shared>,
     sites: Vec<Site>,
     site_id: u64,
-    /// The driver, the statement writer, then the flow control's sampler.
+    /// The driver, the statement writer, the lines writer, then the flow control's sampler.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -305,7 +316,15 @@ impl ClusterNode {
             .map_err(|e| StartError::Config(format!("{}: {e}", config.data_dir.display())))?;
         let started = Instant::now();
         // The state in `<data dir>/state`, raft's log in `<data dir>/raft` (RaftLog's docs).
-        let store = Arc::new(Store::open(&config.data_dir.join("state"), &config.store)?);
+        // A staged layer holds the lines of one interval and a little more while the lines
+        // writer keeps up, up to three when it falls behind (the statement writer then waits).
+        let staged = config.statements_every.saturating_mul(2).min(STAGED_COMMANDS_SIZED);
+        let options = StoreOptions {
+            staged_commands: usize::try_from(staged).unwrap_or(usize::MAX),
+            stage_lines_only: true,
+            ..config.store.clone()
+        };
+        let store = Arc::new(Store::open(&config.data_dir.join("state"), &options)?);
         store.start_compactions()?;
         let voters: Vec<u64> = config.sites.iter().map(|s| s.id).collect();
         let log =
@@ -360,6 +379,7 @@ impl ClusterNode {
         let (statements_tx, statements_rx) = crossbeam_channel::bounded(STATEMENT_ROUNDS_MAX);
         let driver = Driver {
             replica,
+            store: Arc::clone(&store),
             statements: statements_tx,
             inputs: inputs_rx,
             peers,
@@ -382,21 +402,29 @@ impl ClusterNode {
             snapshots_installed: 0,
         };
         let (store_w, shared_w) = (Arc::clone(&store), Arc::clone(&shared));
-        // The statement writer holds the sender: the sampler stops when the writer does.
+        // The statement writer holds the senders: the lines writer and the sampler stop when
+        // the writer does.
         let (writer_alive, writer_gone) = crossbeam_channel::bounded::<()>(0);
+        let (lines_tx, lines_rx) = crossbeam_channel::bounded::<()>(1);
+        let every = config.statements_every;
         let writer = std::thread::Builder::new()
             .name("hazina-statements".into())
             .spawn(move || {
                 let _alive = writer_alive;
-                write_statements(&store_w, &statements_rx, &shared_w);
+                write_statements(&store_w, &statements_rx, &shared_w, &lines_tx, every);
             })
             .map_err(|e| StartError::Config(format!("statement writer thread: {e}")))?;
+        let store_l = Arc::clone(&store);
+        let lines = std::thread::Builder::new()
+            .name("hazina-lines".into())
+            .spawn(move || write_lines(&store_l, &lines_rx))
+            .map_err(|e| StartError::Config(format!("lines writer thread: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("hazina-driver".into())
             .spawn(move || driver.run())
             .map_err(|e| StartError::Config(format!("driver thread: {e}")))?;
         let admission = Arc::new(Admission::new());
-        let mut threads = vec![thread, writer];
+        let mut threads = vec![thread, writer, lines];
         if config.flow_control {
             let shared_f = Arc::clone(&shared);
             let committed = move || shared_f.answered_commands.load(Ordering::Relaxed);
@@ -525,8 +553,9 @@ impl ClusterNode {
         self.shared.applied_index.load(Ordering::Relaxed)
     }
 
-    /// Stops the driver (answering what is queued with `Stopped` or `NotLeader`) and the
-    /// statement writer (which answers what was applied first), and joins them.
+    /// Stops the driver (answering what is queued with `Stopped` or `NotLeader`), the
+    /// statement writer (which answers what was applied first) and the lines writer (which
+    /// writes what is staged), and joins them.
     pub fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown);
         let threads = std::mem::take(&mut *self.threads.lock());
@@ -559,14 +588,22 @@ fn now_nanos() -> Timestamp {
     u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Writes the statement lines of applied rounds in order and then answers their callers; stops
-/// when the driver does, after the rounds already handed over.
-fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Shared) {
+/// Stages the statement lines of applied rounds in order and then answers their callers; stops
+/// when the driver does, after the rounds already handed over. Every `every` commands' worth of
+/// lines it signals the lines writer, and it waits for it when twice that is staged and a write
+/// is still running: what is staged is bounded.
+fn write_statements(
+    store: &Store,
+    rounds: &Receiver<Statements>,
+    shared: &Shared,
+    lines: &Sender<()>,
+    every: u64,
+) {
+    let lines_every = usize::try_from(every.saturating_mul(2)).unwrap_or(usize::MAX);
     while let Ok(mut round) = rounds.recv() {
-        // Rounds waiting meanwhile go in the same write, as one larger round: fewer, larger
-        // sorted writes into the memtable (the driver hands over a round for every slice it
-        // applies). An account's later copy supersedes its earlier one, as within a round, so
-        // the running balances come out the same.
+        // Rounds waiting meanwhile are staged together, as one larger round (the driver hands
+        // over a round for every slice it applies). An account's later copy supersedes its
+        // earlier one, as within a round, so the running balances come out the same.
         let mut answers = std::mem::take(&mut round.answers);
         for _ in 1..STATEMENT_ROUNDS_MAX {
             let Ok(next) = rounds.try_recv() else { break };
@@ -579,20 +616,85 @@ fn write_statements(store: &Store, rounds: &Receiver<Statements>, shared: &Share
             answers.extend(next.answers);
         }
         let started = Instant::now();
-        if let Err(e) = store.write_statements(&round.changes) {
-            tracing::error!(error = %e, "writing statements failed; stopping");
-            eprintln!("hazinad: writing statements failed: {e}; stopping");
+        if let Err(e) = store.stage_statements(round.index, &round.changes) {
+            tracing::error!(error = %e, "staging statements failed; stopping");
+            eprintln!("hazinad: staging statements failed: {e}; stopping");
             std::process::abort();
         }
         metrics::histogram!("hazina_state_write_seconds").record(started.elapsed().as_secs_f64());
-        shared.applied_index.store(round.index, Ordering::Relaxed);
+        shared.applied_index.store(round.index, Ordering::Release);
         metrics::gauge!("hazina_applied_index").set(round.index as f64);
         let answered: usize = answers.iter().map(|(_, results)| results.len()).sum();
         shared.answered_commands.fetch_add(answered as u64, Ordering::Relaxed);
         for (reply, results) in answers {
             let _ = reply.send(Ok(results));
         }
+        let staged = store.staged_lines();
+        if staged >= lines_every {
+            match lines.try_send(()) {
+                Ok(()) | Err(TrySendError::Disconnected(())) => {}
+                Err(TrySendError::Full(())) if staged >= 2 * lines_every => {
+                    // The lines writer falls behind, and what waits for it is held in memory:
+                    // wait until it takes the next signal.
+                    let started = Instant::now();
+                    let _ = lines.send(());
+                    tracing::warn!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        "statements waited for the lines writer"
+                    );
+                }
+                Err(TrySendError::Full(())) => {}
+            }
+        }
     }
+    shared.statements_stopped.store(true, Ordering::Release);
+}
+
+/// Writes the staged statement lines to RocksDB at each signal, and once more when the
+/// statement writer stops.
+fn write_lines(store: &Store, signals: &Receiver<()>) {
+    let write = |why: &str| {
+        let started = Instant::now();
+        match store.write_staged_lines() {
+            Ok(written) if written.lines > 0 => {
+                metrics::gauge!("hazina_statements_written_index").set(written.index as f64);
+                tracing::info!(
+                    index = written.index,
+                    why,
+                    lines = written.lines,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "statement lines written"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "writing statement lines failed; stopping");
+                eprintln!("hazinad: writing statement lines failed: {e}; stopping");
+                std::process::abort();
+            }
+        }
+    };
+    while signals.recv().is_ok() {
+        write("staged");
+    }
+    write("shutdown");
+}
+
+/// Waits until the statement writer has staged the lines of every entry up to `index`, then
+/// has them written: a snapshot at `index` may be kept (and the log behind it compacted) only
+/// then, since a restart replays only the entries after the kept snapshot.
+fn write_lines_through(store: &Store, shared: &Shared, index: u64) -> Result<(), String> {
+    while shared.applied_index.load(Ordering::Acquire) < index {
+        if shared.statements_stopped.load(Ordering::Acquire) {
+            return Err(format!("the statement writer stopped before entry {index}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let written = store.write_staged_lines().map_err(|e| format!("statement lines: {e}"))?;
+    if written.lines > 0 {
+        metrics::gauge!("hazina_statements_written_index").set(written.index as f64);
+    }
+    Ok(())
 }
 
 /// Sends one peer its messages, in order, batching what queued meanwhile. A failed call is
@@ -668,6 +770,8 @@ enum Read {
 
 struct Driver {
     replica: Replica<RaftLog>,
+    /// For the snapshot thread, which has the statement lines written up to its entry.
+    store: Arc<Store>,
     /// To the statement writer, which answers the callers of applied entries.
     statements: Sender<Statements>,
     inputs: Receiver<Input>,
@@ -1068,6 +1172,17 @@ impl Driver {
             tracing::info!(index, digest = format!("{digest:032x}"), "installed a snapshot");
         }
         let mut statements = (!out.applied.is_empty()).then(|| self.take_statements(&out));
+        if let Some((index, _)) = out.installed_snapshot {
+            // Through the statement writer, in order: it has then staged everything up to the
+            // snapshot's entry that this site will ever stage (the lines of the entries the
+            // snapshot covers and this site never applied are not on this site).
+            let round = statements.get_or_insert_with(|| Statements {
+                index,
+                changes: Changes::default(),
+                answers: Vec::new(),
+            });
+            round.index = round.index.max(index);
+        }
         let status = self.replica.status();
         for applied in out.applied {
             if status.role == StateRole::Leader && applied.term == status.term {
@@ -1124,12 +1239,14 @@ impl Driver {
         );
         let dir = self.replica.log().dir().to_owned();
         let report = self.reports.clone();
+        let (store, shared) = (Arc::clone(&self.store), Arc::clone(&self.shared));
         let spawned = std::thread::Builder::new().name("hazina-snapshot".into()).spawn(move || {
             let mut job = job;
             let data = job.encode();
             let outcome = hazina_store::write_snapshot_file(&dir, job.index, &data)
-                .map(|()| Box::new((job, data)))
-                .map_err(|e| format!("{}: {e}", dir.display()));
+                .map_err(|e| format!("{}: {e}", dir.display()))
+                .and_then(|()| write_lines_through(&store, &shared, job.index))
+                .map(|()| Box::new((job, data)));
             let _ = report.send(Input::SnapshotEncoded(outcome));
         });
         if let Err(e) = spawned {

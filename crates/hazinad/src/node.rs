@@ -786,7 +786,7 @@ pub(crate) fn count_outcomes(results: &[ResultCode], transfers_ok: u64) {
 /// The most commands a staged layer's lists are sized for up front (twice the default
 /// checkpoint interval; about 2.6 GB of address space a layer, of which only what fills is
 /// resident).
-const STAGED_COMMANDS_SIZED: u64 = 4_000_000;
+pub(crate) const STAGED_COMMANDS_SIZED: u64 = 4_000_000;
 
 struct Writer {
     store: Arc<Store>,

@@ -104,6 +104,8 @@ pub struct Args {
     #[arg(long, default_value_t = 16_000_000)]
     pub records_capacity: usize,
     /// Commands applied between checkpoints: bounds the log a restart after a crash replays.
+    /// On a replicated site: commands whose statement lines are staged in memory before they
+    /// are written to RocksDB (they are also written before each snapshot is kept).
     #[arg(long, default_value_t = 2_000_000)]
     pub checkpoint_every: u64,
     /// Log entries kept behind a checkpoint.
@@ -173,6 +175,7 @@ impl Args {
             snapshot_every_bytes: self.snapshot_every_mb << 20,
             log_keep: self.log_keep,
             flow_control: self.flow_control,
+            statements_every: self.checkpoint_every,
             store: single.store,
         }))
     }

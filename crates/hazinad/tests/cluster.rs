@@ -3,6 +3,8 @@
 //! - the primary is killed with SIGKILL: a standby takes over, writes go on, and once the
 //!   killed site is back and has caught up every site holds the same state;
 //! - an operator switches the primary to a standby and back, under load;
+//! - a standby is killed after a snapshot and restarted, then made primary: its statements
+//!   still hold every line (a restart replays only the log after the snapshot);
 //! - the primary is cut off from both standbys (its raft traffic runs through forwarders the
 //!   test cuts) while its callers still reach it: it acknowledges nothing it cannot stand
 //!   behind, steps down, and when the links heal rejoins as a standby.
@@ -195,6 +197,38 @@ async fn assert_counted_once(cluster: &Cluster, before: &BTreeMap<String, u64>, 
     }
 }
 
+/// `account`'s statement on the primary, from its first movement, is whole: each line's balance
+/// follows from the one before and its amount, and the last is the account's balance. A lost
+/// line breaks the chain (or, lost at the start, the opening balance of 0).
+async fn assert_statement_whole(client: &Client, account: u128) {
+    let mut from = 0;
+    let mut balance = 0i128;
+    let mut lines = 0;
+    loop {
+        let page = client.history(account, from, 1_000).await.expect("statement");
+        if from == 0 {
+            assert_eq!(page.opening_balance, 0, "account {account} opens at 0");
+        }
+        for line in &page.entries {
+            let amount = i128::try_from(line.amount).expect("a small amount");
+            balance += if line.credit { amount } else { -amount };
+            assert_eq!(
+                line.balance_after, balance,
+                "account {account}: line {lines} (transfer {}) breaks the running balance",
+                line.transfer_id
+            );
+            lines += 1;
+        }
+        match page.next_from {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let stored = client.lookup_accounts(&[account]).await.expect("look up the account");
+    assert!(lines > 0, "account {account} had movements");
+    assert_eq!(balance, stored[0].balance(), "account {account}: {lines} statement lines");
+}
+
 /// Waits until the callers have had answers after `after_ms`; returns when the first came.
 async fn writes_resume(load: &Load, after_ms: u64, within: Duration) -> u64 {
     let deadline = Instant::now() + within;
@@ -292,23 +326,8 @@ async fn switchover_under_load_moves_the_primary_and_back() {
     assert_counted_once(&cluster, &counted_before, &load).await;
 
     // The primary's statement of a merchant, written on whichever site was primary when each
-    // line was applied, ends at the merchant's balance.
-    let till = merchant(0);
-    let mut from = 0;
-    let mut last = None;
-    let mut lines = 0;
-    loop {
-        let page = client.history(till, from, 1_000).await.expect("statement");
-        lines += page.entries.len();
-        last = page.entries.last().map(|e| e.balance_after).or(last);
-        match page.next_from {
-            Some(next) => from = next,
-            None => break,
-        }
-    }
-    let account = client.lookup_accounts(&[till]).await.expect("look up the till");
-    assert!(lines > 0, "the till received payments");
-    assert_eq!(last, Some(account[0].balance()), "{lines} statement lines");
+    // line was applied, is whole.
+    assert_statement_whole(&client, merchant(0)).await;
 
     // A standby refuses writes, naming the primary.
     let standby = Client::connect_with(
@@ -330,6 +349,47 @@ async fn switchover_under_load_moves_the_primary_and_back() {
         Some(cluster.api[0].as_str()),
         "{status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_site_keeps_every_statement_line_it_had_written() {
+    let seed = seed();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // Statement lines written every 300 commands as well as at each snapshot.
+    let flags = [FLAGS, &["--checkpoint-every", "300"]].concat();
+    let mut cluster = Cluster::start(dir.path(), &flags);
+    let primary = cluster.primary(Duration::from_secs(20)).await;
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    setup(&client).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (load, _began, tasks) = start_load(&client, seed, &stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A standby that has kept a snapshot well past the first payments: after a restart it
+    // rebuilds its ledger from that snapshot and replays only the log after it, so the lines
+    // of the entries before it must already be in its storage.
+    let standby = if primary == 1 { 2 } else { 1 };
+    let statuses = cluster.statuses().await;
+    let last = statuses.iter().flatten().map(|s| s.last_index).max().expect("a site up");
+    let snapshot = cluster.snapshot_past(standby, last, Duration::from_secs(30)).await;
+    println!("site {standby} kept a snapshot at index {snapshot}");
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    cluster.converged(Duration::from_secs(30)).await;
+    cluster.kill(standby);
+    cluster.restart(standby);
+    cluster.converged(Duration::from_secs(30)).await;
+
+    let admin = Client::connect(&cluster.addrs()).await.expect("connect");
+    let done = admin.switchover(standby).await.expect("switchover");
+    assert_eq!(done.leader_site, standby);
+    assert_eq!(cluster.primary(Duration::from_secs(10)).await, standby);
+    for k in 0..MERCHANTS {
+        assert_statement_whole(&client, merchant(k)).await;
+    }
+    verify(&client, &load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
