@@ -150,6 +150,9 @@ pub fn decode(bytes: &[u8], config: LedgerConfig) -> Result<Ledger, CodecError> 
     let pending =
         |t: &&hazina_core::Transfer| t.hold == HoldState::Pending && t.result == ResultCode::Ok;
     let holds: Vec<_> = transfers.iter().filter(pending).copied().collect();
+    // Room for every account at once: growing by doubling would copy them all again.
+    let config =
+        LedgerConfig { accounts_capacity: config.accounts_capacity.max(accounts.len()), ..config };
     let mut ledger =
         Ledger::restore(config, accounts, &profiles, holds, transfers_digest, timestamp_last)
             .map_err(|e| CodecError(format!("snapshot does not restore: {e}")))?;

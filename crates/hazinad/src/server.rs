@@ -93,6 +93,14 @@ pub struct Args {
     /// Most accounts the ledger holds.
     #[arg(long, default_value_t = 100_000_000)]
     pub accounts_max: usize,
+    /// Accounts the ledger makes room for at start (address space: pages become resident as
+    /// accounts fill them; a restart makes room for at least the accounts it loads). Past it a
+    /// partition's account table and index double inside one entry's apply, copying every
+    /// account into fresh pages: 0.1 to 0.6 s at a million accounts on the 2-core VM of
+    /// docs/BENCHMARKS.md, long enough for a replicated group to elect another primary. Set it
+    /// to the population you expect.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub accounts_capacity: usize,
     /// Transfer records kept in memory per generation (others are read from RocksDB); default
     /// 1,000,000. A replicated site keeps every record (0, the only value it takes).
     #[arg(long)]
@@ -132,6 +140,7 @@ impl Args {
             threads: self.threads,
             batch_commands_max: self.batch_max,
             accounts_max: self.accounts_max,
+            accounts_capacity: self.accounts_capacity,
             transfers_generation_max: self.generation_max.unwrap_or(1_000_000),
             track_changes: true,
             ..LedgerConfig::default()
@@ -370,5 +379,35 @@ mod tests {
             .expect("the stream goes on")
             .expect("accepted");
         assert!(accepted.nodelay().expect("read TCP_NODELAY"), "Nagle's algorithm is still on");
+    }
+
+    /// The room made for accounts reaches the ledger of a single site and of a site of a
+    /// group, and the replicated site's statement lines follow `--checkpoint-every`.
+    #[test]
+    fn flags_reach_the_ledger_and_the_site() {
+        let args = Args::parse_from(["hazinad", "--data-dir", "/tmp/unused"]);
+        assert_eq!(args.node_config().ledger.accounts_capacity, 2_000_000);
+        let args = Args::parse_from([
+            "hazinad",
+            "--data-dir",
+            "/tmp/unused",
+            "--accounts-capacity",
+            "12000000",
+            "--checkpoint-every",
+            "500000",
+            "--site-id",
+            "2",
+            "--site",
+            "1=127.0.0.1:7401,127.0.0.1:7411",
+            "--site",
+            "2=127.0.0.1:7402,127.0.0.1:7412",
+            "--site",
+            "3=127.0.0.1:7403,127.0.0.1:7413",
+        ]);
+        assert_eq!(args.node_config().ledger.accounts_capacity, 12_000_000);
+        let site = args.cluster_config().expect("valid").expect("a site of a group");
+        assert_eq!(site.ledger.accounts_capacity, 12_000_000);
+        assert_eq!(site.statements_every, 500_000);
+        assert_eq!(site.ledger.transfers_generation_max, 0, "a site keeps every record");
     }
 }
