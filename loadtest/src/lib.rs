@@ -65,6 +65,15 @@ pub struct Args {
     /// gRPC connections to spread requests over.
     #[arg(long, default_value_t = 4)]
     pub connections: usize,
+    /// Threads of the load generator's runtime; default: 1 for a closed loop (`--rate 0`), one
+    /// a core for an open loop. On one thread a connection's task, woken by the first caller of
+    /// a burst, runs after the others and sends what they queued in one write; on several,
+    /// tokio runs it right after the caller that woke it, so each request is a system call of
+    /// its own. In run A one thread cost 9 to 15 µs of CPU a request against 14 to 20 µs;
+    /// in the open loop of run C its p99 was higher (10 to 36 ms against 4 to 21 ms), since
+    /// sends wait behind the thread's other work (docs/BENCHMARKS.md, session 16).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long, default_value_t = 1_000_000)]
     pub customers: u64,
     #[arg(long, default_value_t = 20_000)]
