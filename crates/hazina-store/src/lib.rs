@@ -1243,11 +1243,7 @@ mod tests {
     #[test]
     fn write_pressure_counts_level0_files_up_to_where_writes_are_refused() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let options = StoreOptions {
-            write_buffer_bytes: 1 << 20,
-            block_cache_bytes: 1 << 20,
-            ..Default::default()
-        };
+        let options = small_options();
         let store = Store::open(dir.path(), &options).expect("open");
         let quiet = store.write_pressure().expect("pressure");
         assert_eq!((quiet.level0_files, quiet.memtables_waiting), (0, 0));
@@ -1300,11 +1296,7 @@ mod tests {
     #[test]
     fn a_statement_reads_lines_of_both_formats_in_time_order() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let options = StoreOptions {
-            write_buffer_bytes: 1 << 20,
-            block_cache_bytes: 1 << 20,
-            ..Default::default()
-        };
+        let options = small_options();
         let store = Store::open(dir.path(), &options).expect("open");
         let (account, other) = (254_700_000_001u128, 254_700_000_002u128);
         // Version 1: transfer 10 credited 500 at time 100, leaving 500.
@@ -1366,11 +1358,7 @@ mod tests {
     #[test]
     fn staged_statement_lines_are_read_at_once_and_survive_a_crash_once_written() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let options = StoreOptions {
-            write_buffer_bytes: 1 << 20,
-            block_cache_bytes: 1 << 20,
-            ..Default::default()
-        };
+        let options = small_options();
         let (wallet, till) = (254_700_000_001u128, 5_001u128);
         // Entry 1: the wallet pays 200 at time 100; entry 2: 300 more at time 101.
         let entry = |id: u128, timestamp: Timestamp, paid: u128| {
@@ -1444,12 +1432,17 @@ mod tests {
         }
     }
 
-    fn small_store(path: &Path) -> Store {
-        let options = StoreOptions {
+    /// Memtables and block cache of a megabyte: a test's few keys, every flush a file.
+    fn small_options() -> StoreOptions {
+        StoreOptions {
             write_buffer_bytes: 1 << 20,
             block_cache_bytes: 1 << 20,
             ..Default::default()
-        };
+        }
+    }
+
+    fn small_store(path: &Path) -> Store {
+        let options = small_options();
         Store::open(path, &options).expect("open")
     }
 

@@ -18,8 +18,9 @@
 //! once, so its heartbeats never wait on the state. The lines writer writes what is staged to
 //! RocksDB as one sorted file every `statements_every` commands, and the snapshot thread has it
 //! written up to a snapshot's entry before the snapshot is kept: a restart replays only the
-//! log after the kept snapshot, staging those entries' lines again (docs/adr/0009). A caller gets its results only when its entry was applied by the leader that
-//! proposed it, in the same term: by then it is durable on this site and at least one other
+//! log after the kept snapshot, staging those entries' lines again (docs/adr/0009). A caller
+//! gets its results only when its entry was applied by the leader that proposed it, in the
+//! same term: by then it is durable on this site and at least one other
 //! (docs/adr/0003). While the driver writes, requests queue, so the next round's entry is
 //! larger: group commit.
 //!
@@ -29,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::flow::{self, Admission};
 use crate::node::{NodeError, STAGED_COMMANDS_SIZED, StartError, admit_and_send, count_outcomes};
+use crate::relay::Relay;
 
 /// Raft messages queued for one peer beyond which new ones are dropped (raft resends what is
 /// lost, and a dropped snapshot is reported as failed).
@@ -269,7 +271,7 @@ struct Shared {
     /// The last entry whose statement lines are staged (statements read them from then on).
     applied_index: AtomicU64,
     /// Set when the statement writer stops: nothing will be staged any more.
-    statements_stopped: std::sync::atomic::AtomicBool,
+    statements_stopped: AtomicBool,
     inbox: AtomicUsize,
     known_leader: Mutex<Option<u64>>,
     /// Commands of this site's callers answered since start, for the flow control's rate.
@@ -407,11 +409,15 @@ impl ClusterNode {
         let (writer_alive, writer_gone) = crossbeam_channel::bounded::<()>(0);
         let (lines_tx, lines_rx) = crossbeam_channel::bounded::<()>(1);
         let every = config.statements_every;
+        let answers: Relay<(ResultsTx, Vec<ResultCode>)> =
+            Relay::start(Some(&runtime), |(reply, results)| {
+                let _ = reply.send(Ok(results));
+            });
         let writer = std::thread::Builder::new()
             .name("hazina-statements".into())
             .spawn(move || {
                 let _alive = writer_alive;
-                write_statements(&store_w, &statements_rx, &shared_w, &lines_tx, every);
+                write_statements(&store_w, &statements_rx, &shared_w, &answers, &lines_tx, every);
             })
             .map_err(|e| StartError::Config(format!("statement writer thread: {e}")))?;
         let store_l = Arc::clone(&store);
@@ -596,6 +602,7 @@ fn write_statements(
     store: &Store,
     rounds: &Receiver<Statements>,
     shared: &Shared,
+    answers_relay: &Relay<(ResultsTx, Vec<ResultCode>)>,
     lines: &Sender<()>,
     every: u64,
 ) {
@@ -626,9 +633,7 @@ fn write_statements(
         metrics::gauge!("hazina_applied_index").set(round.index as f64);
         let answered: usize = answers.iter().map(|(_, results)| results.len()).sum();
         shared.answered_commands.fetch_add(answered as u64, Ordering::Relaxed);
-        for (reply, results) in answers {
-            let _ = reply.send(Ok(results));
-        }
+        answers_relay.send(answers);
         let staged = store.staged_lines();
         if staged >= lines_every {
             match lines.try_send(()) {
@@ -654,24 +659,10 @@ fn write_statements(
 /// statement writer stops.
 fn write_lines(store: &Store, signals: &Receiver<()>) {
     let write = |why: &str| {
-        let started = Instant::now();
-        match store.write_staged_lines() {
-            Ok(written) if written.lines > 0 => {
-                metrics::gauge!("hazina_statements_written_index").set(written.index as f64);
-                tracing::info!(
-                    index = written.index,
-                    why,
-                    lines = written.lines,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "statement lines written"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "writing statement lines failed; stopping");
-                eprintln!("hazinad: writing statement lines failed: {e}; stopping");
-                std::process::abort();
-            }
+        if let Err(e) = write_staged_lines(store, why) {
+            tracing::error!(error = %e, "writing statement lines failed; stopping");
+            eprintln!("hazinad: writing statement lines failed: {e}; stopping");
+            std::process::abort();
         }
     };
     while signals.recv().is_ok() {
@@ -690,9 +681,22 @@ fn write_lines_through(store: &Store, shared: &Shared, index: u64) -> Result<(),
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let written = store.write_staged_lines().map_err(|e| format!("statement lines: {e}"))?;
+    write_staged_lines(store, "snapshot").map_err(|e| format!("statement lines: {e}"))
+}
+
+/// [`Store::write_staged_lines`], logged.
+fn write_staged_lines(store: &Store, why: &str) -> Result<(), hazina_store::StoreError> {
+    let started = Instant::now();
+    let written = store.write_staged_lines()?;
     if written.lines > 0 {
         metrics::gauge!("hazina_statements_written_index").set(written.index as f64);
+        tracing::info!(
+            index = written.index,
+            why,
+            lines = written.lines,
+            seconds = started.elapsed().as_secs_f64(),
+            "statement lines written"
+        );
     }
     Ok(())
 }

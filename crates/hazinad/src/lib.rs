@@ -7,5 +7,6 @@
 pub mod cluster;
 pub mod flow;
 pub mod node;
+mod relay;
 pub mod server;
 pub mod service;

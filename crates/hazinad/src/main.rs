@@ -11,12 +11,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> std::process::ExitCode {
     let args = hazinad::server::Args::parse();
     hazinad::server::init_tracing(&args);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.io_threads)
-        .thread_name("hazina-io")
-        .enable_all()
-        .build()
-    {
+    // One thread: a current-thread runtime, where a connection's task runs after the callers'
+    // tasks that woke it and writes their responses together (crate::relay).
+    let mut builder = if args.io_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(args.io_threads);
+        builder
+    };
+    let runtime = match builder.thread_name("hazina-io").enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("hazinad: cannot start the runtime: {e}");

@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::flow::{self, Admission};
+use crate::relay::Relay;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use hazina_core::codec::{self, Entry};
 use hazina_core::{
@@ -382,6 +383,7 @@ impl Node {
             shared: Arc::clone(&shared),
             state_written: Arc::clone(&state_written),
             checkpoint_every: config.checkpoint_every,
+            answers: Relay::start(tokio::runtime::Handle::try_current().ok().as_ref(), Reply::send),
             _alive: writer_alive,
         };
         threads.push(spawn("hazina-writer", move || writer.run()));
@@ -795,6 +797,8 @@ struct Writer {
     shared: Arc<Shared>,
     state_written: Arc<watch::Sender<u64>>,
     checkpoint_every: u64,
+    /// The answers of each group, to the gRPC runtime in one wake.
+    answers: Relay<Reply>,
     /// Dropped when the writer stops, which stops the flow control's sampler.
     _alive: Sender<()>,
 }
@@ -812,7 +816,7 @@ impl Writer {
             let entries: Vec<&StagedEntry> =
                 group.iter().filter_map(|d| d.entry.as_ref()).collect();
             if entries.is_empty() {
-                replies.into_iter().for_each(Reply::send);
+                self.answers.send(replies);
             } else {
                 let bytes: Vec<&[u8]> = entries.iter().map(|e| e.bytes.as_slice()).collect();
                 let indexes: Vec<u64> = entries.iter().map(|e| e.index).collect();
@@ -828,7 +832,7 @@ impl Writer {
                 // The entries are durable: answer now, and stage their state after. A crash in
                 // between loses only state, which recovery rebuilds from the log; statements
                 // wait for it (`Node::statements_written`).
-                replies.into_iter().for_each(Reply::send);
+                self.answers.send(replies);
                 for entry in &entries {
                     if let Err(e) = self.store.write_state(&entry.applied, &entry.changes) {
                         fail_stop("writing the state", &e);
@@ -926,6 +930,7 @@ mod tests {
             shared: Arc::default(),
             state_written: Arc::clone(&state_written),
             checkpoint_every: 10,
+            answers: Relay::start(None, Reply::send),
             _alive: alive,
         };
         let thread = std::thread::spawn(move || writer.run());
