@@ -432,7 +432,7 @@ impl Store {
     /// now on reads see it, and the next [`Store::checkpoint`] writes it.
     pub fn write_state(&self, applied: &Applied, changes: &Changes) -> Result<(), StoreError> {
         // Encoded before taking the lock, which readers wait for.
-        let (lines, values) = history_lines(changes);
+        let lines = history_lines(changes);
         let mut layers = self.layers.write();
         let pending = &mut layers.active;
         for account in &changes.accounts {
@@ -441,11 +441,7 @@ impl Store {
         for record in &changes.transfers {
             pending.stage_transfer(record);
         }
-        // An entry's lines are worked out newest first; an account's lines are staged oldest
-        // first.
-        for (key, value) in lines.into_iter().rev() {
-            pending.stage_line(key, &values[value]);
-        }
+        stage_lines(pending, lines);
         if let Some(profiles) = &changes.profiles {
             pending.profiles = Some(profiles.clone());
         }
@@ -459,14 +455,10 @@ impl Store {
     /// a stored checkpoint: its accounts and records stay in the ledger's memory.
     pub fn stage_statements(&self, index: u64, changes: &Changes) -> Result<(), StoreError> {
         // Encoded before taking the lock, which readers wait for.
-        let (lines, values) = history_lines(changes);
+        let lines = history_lines(changes);
         let mut layers = self.layers.write();
         let pending = &mut layers.active;
-        // The entries' lines are worked out newest first; an account's lines are staged oldest
-        // first.
-        for (key, value) in lines.into_iter().rev() {
-            pending.stage_line(key, &values[value]);
-        }
+        stage_lines(pending, lines);
         pending.applied = Some(Applied { index, ..Applied::default() });
         Ok(())
     }
@@ -1183,6 +1175,14 @@ fn decode_history_v1(timestamp: Timestamp, value: &[u8]) -> Result<HistoryEntry,
 /// `changes.accounts`): the last line of an account in the entry has that balance, and each
 /// earlier line has the balance before the movement after it.
 /// Each line's key and where its value is in the bytes beside them.
+/// Stages what [`history_lines`] worked out. Its lines come newest first; an account's lines
+/// are staged oldest first.
+fn stage_lines(pending: &mut Pending, (lines, values): StatementLines) {
+    for (key, value) in lines.into_iter().rev() {
+        pending.stage_line(key, &values[value]);
+    }
+}
+
 type StatementLines = (Vec<([u8; 25], std::ops::Range<usize>)>, Vec<u8>);
 
 fn history_lines(changes: &Changes) -> StatementLines {
