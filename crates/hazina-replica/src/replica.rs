@@ -437,11 +437,28 @@ impl<S: LogStore> Replica<S> {
         out: &mut Output,
         entries_max: usize,
     ) -> Result<(), ReplicaError> {
+        self.handle_ready_sending(out, entries_max, &mut |_| {})
+    }
+
+    /// [`Replica::handle_ready_applying`], handing `send` the messages that may go out before
+    /// the log write (a leader's appends and heartbeats) as soon as raft produces them, so
+    /// that the host sends them while this replica writes: a leader's write and its
+    /// followers' then overlap. `send` takes them out of the vector it is given; what it
+    /// leaves stays in `out.messages`.
+    pub fn handle_ready_sending(
+        &mut self,
+        out: &mut Output,
+        entries_max: usize,
+        send: &mut dyn FnMut(&mut Vec<Message>),
+    ) -> Result<(), ReplicaError> {
         while self.node.has_ready() {
             let mut ready = self.node.ready();
             // A leader may send before its own write (raft thesis 10.2.1): its entries commit
             // only once a quorum, counting itself only after the write below, has them.
             out.messages.extend(ready.take_messages());
+            if !out.messages.is_empty() {
+                send(&mut out.messages);
+            }
             if !ready.snapshot().is_empty() {
                 self.install(ready.snapshot(), out)?;
             }

@@ -743,6 +743,15 @@ async fn send_to_peer(
     }
 }
 
+/// Queues `message` for its peer; a full queue (or an unknown peer) gives back the peer and
+/// whether the message was a snapshot, for raft to hear of.
+fn send_to(peers: &HashMap<u64, mpsc::Sender<Message>>, message: Message) -> Option<(u64, bool)> {
+    let to = message.to;
+    let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+    let sent = peers.get(&to).is_some_and(|tx| tx.try_send(message).is_ok());
+    (!sent).then_some((to, snapshot))
+}
+
 /// An entry this leader proposed and the callers waiting for it.
 struct PendingEntry {
     term: u64,
@@ -1099,9 +1108,17 @@ impl Driver {
             eprintln!("hazinad: replica failed: {e}; stopping");
             std::process::abort();
         };
-        if let Err(e) = self.replica.handle_ready_applying(&mut out, 0) {
+        // A primary's appends go out before its own log write, which they then overlap with
+        // the standbys' writes.
+        let mut unsent = Vec::new();
+        let peers = &self.peers;
+        let mut send = |messages: &mut Vec<Message>| {
+            unsent.extend(messages.drain(..).filter_map(|m| send_to(peers, m)));
+        };
+        if let Err(e) = self.replica.handle_ready_sending(&mut out, 0, &mut send) {
             fail(e);
         }
+        self.report_unsent(unsent);
         let raft = started.elapsed();
         let log_write = self.replica.log().write_time().saturating_sub(written_before);
         metrics::histogram!("hazina_raft_ready_seconds").record(raft.as_secs_f64());
@@ -1155,15 +1172,16 @@ impl Driver {
 
     /// Hands raft's messages to the peers' senders; a full queue counts as unreachable.
     fn send_messages(&mut self, messages: Vec<Message>) {
-        for message in messages {
-            let to = message.to;
-            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            let sent = self.peers.get(&to).is_some_and(|tx| tx.try_send(message).is_ok());
-            if !sent {
-                self.replica.report_unreachable(to);
-                if snapshot {
-                    self.replica.report_snapshot(to, false);
-                }
+        let unsent = messages.into_iter().filter_map(|m| send_to(&self.peers, m)).collect();
+        self.report_unsent(unsent);
+    }
+
+    /// Tells raft of the peers whose queue was full: `(peer, whether a snapshot was lost)`.
+    fn report_unsent(&mut self, unsent: Vec<(u64, bool)>) {
+        for (to, snapshot) in unsent {
+            self.replica.report_unreachable(to);
+            if snapshot {
+                self.replica.report_snapshot(to, false);
             }
         }
     }
