@@ -14,7 +14,9 @@
 # The line: transfers/s, p50 and p99 in ms, the CPU each process spent per transfer over the
 # middle of the run (from /proc, in µs), and whether the verification passed. Release builds of
 # the binaries named by HAZINAD and LOADTEST (default target/release/...), so two builds can be
-# compared: HAZINAD=/tmp/old/hazinad loadtest/bench.sh A. NODE_ARGS adds flags to every site.
+# compared: HAZINAD=/tmp/old/hazinad loadtest/bench.sh A. NODE_ARGS adds flags to every site,
+# LOAD_ARGS to the load generator's run (LOAD_ARGS="--concurrency 512"). The line ends with how
+# the machine's cores spent the window (/proc/stat): busy, idle, and stolen by the host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,10 @@ stop() {
   if [[ -n ${KEEP:-} ]]; then echo "bench: kept $work"; else rm -rf "$work"; fi
 }
 trap stop EXIT
+
+machine_ticks() { # busy, idle (with iowait) and steal ticks of all cores
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6, $9 }' /proc/stat
+}
 
 cpu_ticks() { # utime + stime of a process, in clock ticks
   awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -78,22 +84,27 @@ done
   { echo "bench: set-up failed:" >&2; tail -5 "$work/setup.log" >&2; exit 1; }
 sleep 4
 
-"$loadtest" "${target[@]}" "${load[@]}" --duration "$seconds" --skip-setup \
+# shellcheck disable=SC2086
+"$loadtest" "${target[@]}" "${load[@]}" ${LOAD_ARGS:-} --duration "$seconds" --skip-setup \
   --json "$work/run.json" >"$work/run.log" 2>&1 &
 load_pid=$!
 pids+=("$load_pid")
 # CPU over the middle of the run: from 3 s in to 2 s before its end.
 window=$((seconds - 5))
 sleep 3
+machine_before=$(machine_ticks)
 before=()
 for pid in "${nodes[@]}" "$load_pid"; do before+=("$(cpu_ticks "$pid")"); done
 sleep "$window"
+machine_after=$(machine_ticks)
 after=()
 for pid in "${nodes[@]}" "$load_pid"; do after+=("$(cpu_ticks "$pid")"); done
 status=0
 wait "$load_pid" || status=$?
+[[ -s $work/run.json ]] || { echo "bench: the run wrote no report:" >&2; tail -5 "$work/run.log" >&2; exit 1; }
 
-python3 - "$work/run.json" "$window" "$(getconf CLK_TCK)" "${before[*]}" "${after[*]}" "$status" "$run" <<'EOF'
+python3 - "$work/run.json" "$window" "$(getconf CLK_TCK)" "${before[*]}" "${after[*]}" "$status" "$run" \
+  "$machine_before" "$machine_after" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
 window, tick = float(sys.argv[2]), float(sys.argv[3])
@@ -105,8 +116,11 @@ moved = sum(s["transfers_per_second"] for s in report["timeline"]
 cpu = [(a - b) / tick * 1e6 / moved for a, b in zip(after, before)]
 names = [f"site{i + 1}" for i in range(len(cpu) - 1)] if len(cpu) > 2 else ["node"]
 lat = report["latency_us"]
+spent = [int(a) - int(b) for a, b in zip(sys.argv[9].split(), sys.argv[8].split())]
 print(f"{run}: {report['transfers_per_second']:,.0f} transfers/s, p50 {lat['p50'] / 1000:.1f} ms, "
       f"p99 {lat['p99'] / 1000:.1f} ms; CPU µs a transfer: "
       + ", ".join(f"{n} {c:.1f}" for n, c in zip(names + ["load generator"], cpu))
-      + f"; verification {'passed' if report['verification']['passed'] and status == 0 else 'FAILED'}")
+      + f"; verification {'passed' if report['verification']['passed'] and status == 0 else 'FAILED'}"
+      + "; cores " + ", ".join(f"{name} {d / sum(spent):.0%}" for name, d in zip(
+          ["busy", "idle", "stolen"], spent)))
 EOF

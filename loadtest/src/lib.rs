@@ -33,6 +33,8 @@ use workload::{Mix, Population, WALLET_LIMITS, WALLET_PROFILE};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hazina-loadtest", version, about = "Load-test and verify a Hazina node")]
+// A flag given twice takes its last value, so that scripts can add to a command line.
+#[command(args_override_self = true)]
 pub struct Args {
     /// gRPC address of the node; for a replicated group, every site's, comma-separated.
     #[arg(long, default_value = "http://127.0.0.1:7400")]
@@ -890,7 +892,22 @@ fn print_table(r: &Report) {
 
 #[cfg(test)]
 mod tests {
-    use super::{CHUNK, Chunks};
+    use super::{Args, CHUNK, Chunks};
+    use clap::Parser;
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value() {
+        // loadtest/bench.sh adds LOAD_ARGS after its own flags.
+        let args = Args::try_parse_from([
+            "hazina-loadtest",
+            "--concurrency",
+            "256",
+            "--concurrency",
+            "512",
+        ])
+        .expect("a repeated flag parses");
+        assert_eq!(args.concurrency, 512);
+    }
 
     #[test]
     fn chunks_keep_every_item_in_order_and_never_exceed_a_chunk() {
