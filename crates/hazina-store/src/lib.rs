@@ -548,19 +548,16 @@ impl Store {
                 written.lines = frozen.lines.len();
                 written.accounts = frozen.accounts.len();
                 let records = pending::order_by(&frozen.transfers, |t| t.new.id);
-                self.write_records(&frozen, &records)?;
+                let holds = self.write_records(&frozen, &records)?;
                 self.write_lines(&frozen)?;
-                let holds: Vec<(u128, Option<&Transfer>)> = records
-                    .iter()
-                    .map(|&at| &frozen.transfers[at as usize])
-                    .filter(|t| t.hold != HoldState::None)
-                    .map(|t| (t.new.id, (t.hold == HoldState::Pending).then_some(t)))
-                    .collect();
-                let accounts: Vec<&Account> = pending::order_by(&frozen.accounts, |a| a.id)
-                    .into_iter()
-                    .map(|at| &frozen.accounts[at as usize])
-                    .collect();
-                self.write_checkpoint(&accounts, &holds, frozen.profiles.as_ref(), &applied)?;
+                let accounts = pending::order_by(&frozen.accounts, |a| a.id);
+                self.write_checkpoint(
+                    &frozen.accounts,
+                    &accounts,
+                    &holds,
+                    frozen.profiles.as_ref(),
+                    &applied,
+                )?;
                 self.release(frozen);
                 applied
             }
@@ -575,43 +572,76 @@ impl Store {
     }
 
     /// The staged records, as one sorted file of the `transfers` family; `order` is their
-    /// positions sorted by id.
-    fn write_records(&self, frozen: &Pending, order: &[u32]) -> Result<(), StoreError> {
+    /// positions sorted by id. Returns the holds among them, in the same order, for the
+    /// checkpoint: `None` for one no longer pending.
+    fn write_records(
+        &self,
+        frozen: &Pending,
+        order: &[u32],
+    ) -> Result<Vec<(u128, Option<Transfer>)>, StoreError> {
+        let mut holds = Vec::new();
         let mut bytes = Vec::with_capacity(codec::TRANSFER_BYTES_MAX);
         self.ingest(CF_TRANSFERS, |file| {
-            for &at in order {
-                let record = &frozen.transfers[at as usize];
-                bytes.clear();
-                codec::encode_transfer(record, &mut bytes);
-                file.put(record.new.id.to_be_bytes(), &bytes)?;
-            }
+            pending::gathered(&frozen.transfers, order, |records| {
+                for record in records {
+                    bytes.clear();
+                    codec::encode_transfer(record, &mut bytes);
+                    file.put(record.new.id.to_be_bytes(), &bytes)?;
+                    if record.hold != HoldState::None {
+                        holds.push((
+                            record.new.id,
+                            (record.hold == HoldState::Pending).then_some(*record),
+                        ));
+                    }
+                }
+                Ok(())
+            })?;
             Ok(order.len())
-        })
+        })?;
+        Ok(holds)
     }
 
     /// The staged statement lines, as one sorted file of the `history` family.
     fn write_lines(&self, frozen: &Pending) -> Result<(), StoreError> {
         // Keys are account and stamp, big-endian, then the format, the same for every staged
         // line: they sort as the two numbers do.
-        let mut order = pending::order_by(&frozen.lines, |line| (line.account(), line.timestamp()));
+        let mut keyed =
+            pending::sorted_keys(&frozen.lines, |line| (line.account(), line.timestamp()));
         // One line per account and stamp; a file takes each key once.
-        order.dedup_by_key(|&mut at| frozen.lines[at as usize].key);
+        keyed.dedup_by_key(|(key, _)| *key);
+        let order: Vec<u32> = keyed.into_iter().map(|(_, at)| at).collect();
+        // A chunk's values are copied out before any is written, for the same reason as the
+        // lines themselves (`gathered`).
+        let mut values = Vec::with_capacity(pending::GATHER_CHUNK * 64);
+        let mut ends = Vec::with_capacity(pending::GATHER_CHUNK);
         self.ingest(CF_HISTORY, |file| {
-            for &at in &order {
-                let line = &frozen.lines[at as usize];
-                file.put(line.key, frozen.line_value(line))?;
-            }
+            pending::gathered(&frozen.lines, &order, |lines| {
+                values.clear();
+                ends.clear();
+                for line in lines {
+                    values.extend_from_slice(frozen.line_value(line));
+                    ends.push(values.len());
+                }
+                let mut start = 0;
+                for (line, &end) in lines.iter().zip(&ends) {
+                    file.put(line.key, &values[start..end])?;
+                    start = end;
+                }
+                Ok(())
+            })?;
             Ok(order.len())
         })
     }
 
-    /// One file of the `checkpoint` family: `accounts` and `holds` (`None`: no longer pending)
-    /// sorted by id, the profiles if they changed, and `applied`. RocksDB takes a file in
-    /// whole or not at all, so a stored checkpoint is always one entry's cut.
+    /// One file of the `checkpoint` family: the `accounts` at the positions `order` (sorted by
+    /// id), the `holds` (`None`: no longer pending) sorted by id, the profiles if they changed,
+    /// and `applied`. RocksDB takes a file in whole or not at all, so a stored checkpoint is
+    /// always one entry's cut.
     fn write_checkpoint(
         &self,
-        accounts: &[&Account],
-        holds: &[(u128, Option<&Transfer>)],
+        accounts: &[Account],
+        order: &[u32],
+        holds: &[(u128, Option<Transfer>)],
         profiles: Option<&BTreeMap<LimitProfileId, LimitProfile>>,
         applied: &Applied,
     ) -> Result<(), StoreError> {
@@ -622,19 +652,22 @@ impl Store {
         };
         let mut bytes = Vec::with_capacity(codec::ACCOUNT_BYTES_MAX.max(codec::TRANSFER_BYTES_MAX));
         self.ingest(CF_CHECKPOINT, |file| {
-            for account in accounts {
-                bytes.clear();
-                codec::encode_account(account, &mut bytes);
-                file.put(key(KEY_ACCOUNT, account.id), &bytes)?;
-            }
-            for &(id, record) in holds {
+            pending::gathered(accounts, order, |accounts| {
+                for account in accounts {
+                    bytes.clear();
+                    codec::encode_account(account, &mut bytes);
+                    file.put(key(KEY_ACCOUNT, account.id), &bytes)?;
+                }
+                Ok(())
+            })?;
+            for (id, record) in holds {
                 match record {
                     Some(record) => {
                         bytes.clear();
                         codec::encode_transfer(record, &mut bytes);
-                        file.put(key(KEY_HOLD, id), &bytes)?;
+                        file.put(key(KEY_HOLD, *id), &bytes)?;
                     }
-                    None => file.delete(key(KEY_HOLD, id))?,
+                    None => file.delete(key(KEY_HOLD, *id))?,
                 }
             }
             file.put(KEY_APPLIED, encode_applied(applied))?;
@@ -690,10 +723,10 @@ impl Store {
                 };
                 let accounts = self.read_legacy_accounts()?;
                 let holds = self.read_legacy_holds()?;
-                let accounts: Vec<&Account> = accounts.iter().collect();
-                let holds: Vec<(u128, Option<&Transfer>)> =
-                    holds.iter().map(|t| (t.new.id, Some(t))).collect();
-                self.write_checkpoint(&accounts, &holds, profiles.as_ref(), &applied)?;
+                let order = pending::order_by(&accounts, |a| a.id);
+                let holds: Vec<(u128, Option<Transfer>)> =
+                    holds.into_iter().map(|t| (t.new.id, Some(t))).collect();
+                self.write_checkpoint(&accounts, &order, &holds, profiles.as_ref(), &applied)?;
             }
         }
         for name in legacy {
