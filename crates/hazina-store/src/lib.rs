@@ -37,6 +37,7 @@
 //! kept: the site rebuilds its ledger from raft's snapshot and log, never from a stored
 //! checkpoint, and its restart replays (and stages again) the lines of the entries after it.
 
+mod known;
 mod pending;
 mod raft_log;
 
@@ -45,12 +46,15 @@ pub use raft_log::{RaftLog, RaftLogOptions, write_snapshot_file};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use hazina_core::codec::{self, CodecError, Entry};
 use hazina_core::{
     Account, Command, HistoryEntry, HistoryPage, HoldState, Ledger, LimitProfile, LimitProfileId,
     ResultCode, Timestamp, Transfer,
 };
+use known::{KnownIds, Segments};
 use parking_lot::{Mutex, RwLock};
 use pending::Pending;
 use rocksdb::{
@@ -282,7 +286,7 @@ impl std::fmt::Display for WritePressure {
 
 /// The database. Safe to share between threads: one writes, any number read.
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
     /// What entries changed since the checkpoints began, in memory.
     layers: RwLock<Layers>,
     /// Held by the one checkpoint running.
@@ -294,6 +298,25 @@ pub struct Store {
     /// See [`StoreOptions::staged_commands`] and [`StoreOptions::stage_lines_only`].
     staged_commands: usize,
     stage_lines_only: bool,
+    /// Which transfer ids may have a record (`known.rs`), for [`Store::load_named_records`].
+    known: Mutex<KnownIds>,
+    /// The thread reading the ids stored before the store opened, until they join `known`.
+    scan: Mutex<Option<Scan>>,
+    /// Tells the scan to stop: the store is closing.
+    scan_stop: Arc<AtomicBool>,
+}
+
+/// The thread reading the stored transfer ids: their filters, or `None` if told to stop.
+type Scan = JoinHandle<Result<Option<Segments>, StoreError>>;
+
+impl Drop for Store {
+    /// Stops and waits for the scan of stored ids, which holds the database open.
+    fn drop(&mut self) {
+        self.scan_stop.store(true, Ordering::Relaxed);
+        if let Some(scan) = self.scan.get_mut().take() {
+            let _ = scan.join();
+        }
+    }
 }
 
 /// The staged state: what the entries since the running checkpoint began changed (`active`),
@@ -348,7 +371,7 @@ impl Store {
         }
         std::fs::create_dir_all(&ingest_dir).map_err(|e| io_error(&ingest_dir, &e))?;
         let mut store = Store {
-            db,
+            db: Arc::new(db),
             layers: RwLock::new(Layers {
                 active: Pending::with_capacity(options.staged_commands, options.stage_lines_only),
                 frozen: None,
@@ -359,9 +382,23 @@ impl Store {
             ingest_dir,
             staged_commands: options.staged_commands,
             stage_lines_only: options.stage_lines_only,
+            known: Mutex::new(KnownIds::default()),
+            scan: Mutex::new(None),
+            scan_stop: Arc::new(AtomicBool::new(false)),
         };
         if !legacy.is_empty() {
             store.move_legacy_checkpoint(&legacy)?;
+        }
+        if !options.stage_lines_only {
+            // Records are stored here: read their ids in the background (a restart with 50M
+            // records must not wait for them); until then every id is searched for.
+            let db = Arc::clone(&store.db);
+            let stop = Arc::clone(&store.scan_stop);
+            let scan = std::thread::Builder::new()
+                .name("hazina-known-ids".into())
+                .spawn(move || known::scan(&db, CF_TRANSFERS, &stop))
+                .map_err(|e| io_error(path, &e))?;
+            *store.scan.get_mut() = Some(scan);
         }
         Ok(store)
     }
@@ -730,7 +767,7 @@ impl Store {
             }
         }
         for name in legacy {
-            self.db.drop_cf(name)?;
+            Arc::get_mut(&mut self.db).expect("moved before the scan starts").drop_cf(name)?;
         }
         Ok(())
     }
@@ -890,11 +927,22 @@ impl Store {
         commands: &[Command],
     ) -> Result<(), StoreError> {
         let mut missing = Vec::new();
-        for command in commands {
-            if let Command::CreateTransfer(t) = command {
-                for id in [t.id, t.pending_id] {
-                    if id != 0 && ledger.transfer(id).is_none() {
-                        missing.push(id);
+        {
+            let mut known = self.known.lock();
+            if !known.is_complete() {
+                self.join_scan(&mut known)?;
+            }
+            for command in commands {
+                if let Command::CreateTransfer(t) = command {
+                    // Most ids are new: the filters say so without a search.
+                    for id in [t.id, t.pending_id] {
+                        if id != 0 && known.may_hold(id) && ledger.transfer(id).is_none() {
+                            missing.push(id);
+                        }
+                    }
+                    // The batch may record it: from now on it may be held.
+                    if t.id != 0 {
+                        known.insert(t.id);
                     }
                 }
             }
@@ -911,6 +959,33 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Joins the ids the scan read, once it is done, to `known`.
+    fn join_scan(&self, known: &mut KnownIds) -> Result<(), StoreError> {
+        let mut scan = self.scan.lock();
+        if !scan.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Ok(());
+        }
+        match scan.take().expect("a finished scan").join() {
+            Ok(Ok(Some(stored))) => known.complete_with(stored),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(StoreError::Corrupt("the scan of stored transfer ids panicked".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the filters of transfer ids are complete (the stored ids read), and how many
+    /// ids and bytes they hold.
+    pub fn known_transfer_ids(&self) -> (bool, usize, usize) {
+        let mut known = self.known.lock();
+        // A store that applies nothing still reports the scan's end.
+        let _ = self.join_scan(&mut known);
+        let (ids, bytes) = known.size();
+        (known.is_complete(), ids, bytes)
     }
 
     /// A page of `account`'s statement: at most `limit` movements from `from` on, oldest first.

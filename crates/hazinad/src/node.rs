@@ -877,6 +877,8 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
                 let index = written.index;
                 shared.checkpoint_index.store(index, Ordering::Relaxed);
                 metrics::gauge!("hazina_checkpoint_index").set(index as f64);
+                let (known_complete, known_ids, known_bytes) = store.known_transfer_ids();
+                metrics::gauge!("hazina_known_transfer_ids_bytes").set(known_bytes as f64);
                 tracing::info!(
                     index,
                     why,
@@ -884,6 +886,8 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
                     lines = written.lines,
                     accounts = written.accounts,
                     seconds = started.elapsed().as_secs_f64(),
+                    known_complete,
+                    known_ids,
                     "checkpoint"
                 );
             }

@@ -1,0 +1,234 @@
+//! Which transfer ids the store may hold: Bloom filters of every id stored or named by a batch
+//! this process applied, so that most of a batch's new ids skip the search in the ledger's
+//! memory, the staged layers and RocksDB's files ([`crate::Store::load_named_records`]).
+//! docs/adr/0011-known-transfer-ids.md.
+//!
+//! A filter answers "certainly not held" or "maybe": a maybe takes the full search, so a false
+//! positive costs only the search the filter saves. Ids go into segments of growing size
+//! (4M ids, then 8M, 16M, ...), so a check probes a few cache lines however many ids there
+//! are. The ids stored before this process opened the database are read by a thread of their
+//! own ([`scan`]): until its segments join, every id is a maybe, as it was without filters.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rocksdb::{DB, ReadOptions};
+use sbbf_rs_safe::Filter;
+
+use crate::StoreError;
+
+/// Ids the first segment takes; each next one takes twice the one before.
+const FIRST_SEGMENT_IDS: usize = 4 << 20;
+/// Filter bits an id: about 1% false positives (Parquet's split-block filter).
+const BITS_PER_ID: usize = 10;
+/// Memory the filters may take at most, scan included (about 400M ids). Past it, the store
+/// drops them and searches for every id again: bounded memory before speed.
+pub(crate) const KNOWN_IDS_BYTES_MAX: usize = 512 << 20;
+/// Keys the scan reads between two looks at whether the store is closing.
+const SCAN_STOP_EVERY: usize = 1 << 16;
+
+fn hash(id: u128) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes())
+}
+
+/// One filter and how many of its ids it holds.
+pub(crate) struct Segment {
+    filter: Filter,
+    capacity: usize,
+    ids: usize,
+}
+
+impl Segment {
+    fn new(capacity: usize) -> Segment {
+        Segment { filter: Filter::new(BITS_PER_ID, capacity), capacity, ids: 0 }
+    }
+
+    fn bytes(&self) -> usize {
+        self.filter.as_bytes().len()
+    }
+}
+
+/// Segments filled in order, the last one until it holds its capacity.
+#[derive(Default)]
+pub(crate) struct Segments(Vec<Segment>);
+
+impl Segments {
+    /// Adds `id`; false if that would take the segments past `bytes_max` (then it is not added).
+    fn insert(&mut self, id: u128, bytes_max: usize) -> bool {
+        let full = self.0.last().is_none_or(|last| last.ids >= last.capacity);
+        if full {
+            let capacity = self.0.last().map_or(FIRST_SEGMENT_IDS, |last| last.capacity * 2);
+            let segment = Segment::new(capacity);
+            if self.bytes() + segment.bytes() > bytes_max {
+                return false;
+            }
+            self.0.push(segment);
+        }
+        let last = self.0.last_mut().expect("a segment with room");
+        last.filter.insert_hash(hash(id));
+        last.ids += 1;
+        true
+    }
+
+    fn may_hold(&self, id: u128) -> bool {
+        let hash = hash(id);
+        self.0.iter().any(|segment| segment.filter.contains_hash(hash))
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.iter().map(Segment::bytes).sum()
+    }
+
+    fn ids(&self) -> usize {
+        self.0.iter().map(|segment| segment.ids).sum()
+    }
+}
+
+/// The filters of the ids this process named, and, once the scan joined them, of the ids
+/// stored before it opened the database.
+#[derive(Default)]
+pub(crate) struct KnownIds {
+    named: Segments,
+    stored: Segments,
+    /// The scan's segments joined: an id in no segment is certainly not held.
+    complete: bool,
+    /// The filters outgrew [`KNOWN_IDS_BYTES_MAX`] and were dropped: every id is a maybe.
+    dropped: bool,
+}
+
+impl KnownIds {
+    /// False only for an id certainly never stored or named: no record of it exists.
+    pub fn may_hold(&self, id: u128) -> bool {
+        !self.complete || self.named.may_hold(id) || self.stored.may_hold(id)
+    }
+
+    /// Notes an id a batch names, before the batch is applied (it may record it).
+    pub fn insert(&mut self, id: u128) {
+        if self.dropped {
+            return;
+        }
+        let room = KNOWN_IDS_BYTES_MAX.saturating_sub(self.stored.bytes());
+        if !self.named.insert(id, room) {
+            self.drop_filters();
+        }
+    }
+
+    /// Joins the ids stored before this process opened the database: from now on the filters
+    /// answer "certainly not held".
+    pub fn complete_with(&mut self, stored: Segments) {
+        if self.dropped {
+            return;
+        }
+        if stored.bytes() + self.named.bytes() > KNOWN_IDS_BYTES_MAX {
+            self.drop_filters();
+            return;
+        }
+        self.stored = stored;
+        self.complete = true;
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The ids in the filters and the bytes they take, for the node's log and metrics.
+    pub fn size(&self) -> (usize, usize) {
+        (self.named.ids() + self.stored.ids(), self.named.bytes() + self.stored.bytes())
+    }
+
+    fn drop_filters(&mut self) {
+        *self = KnownIds { dropped: true, ..KnownIds::default() };
+    }
+}
+
+/// Reads the id of every record in `family` into segments; `None` if `stop` was set first.
+pub(crate) fn scan(
+    db: &DB,
+    family: &str,
+    stop: &AtomicBool,
+) -> Result<Option<Segments>, StoreError> {
+    let cf = db.cf_handle(family).expect("every family is created at open");
+    let mut options = ReadOptions::default();
+    // A scan of every record once: it would only push the records lookups need out of the cache.
+    options.fill_cache(false);
+    options.set_readahead_size(4 << 20);
+    let mut iter = db.raw_iterator_cf_opt(cf, options);
+    iter.seek_to_first();
+    let mut segments = Segments::default();
+    let mut read = 0usize;
+    while let Some(key) = iter.key() {
+        let id = u128::from_be_bytes(crate::key_array(key, "transfer key")?);
+        if !segments.insert(id, KNOWN_IDS_BYTES_MAX) {
+            // Too many for the filters: the store keeps searching for every id.
+            segments = Segments::default();
+            break;
+        }
+        read += 1;
+        if read.is_multiple_of(SCAN_STOP_EVERY) && stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        iter.next();
+    }
+    iter.status()?;
+    Ok(Some(segments))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No id that went in is ever "certainly not held", across segments; most others are.
+    #[test]
+    fn an_inserted_id_is_always_a_maybe_and_most_others_are_not() {
+        let mut segments = Segments::default();
+        let ids = FIRST_SEGMENT_IDS + FIRST_SEGMENT_IDS / 2;
+        for i in 0..ids {
+            assert!(segments.insert(u128::from(i as u64) * 7_919, usize::MAX));
+        }
+        assert_eq!(segments.0.len(), 2, "a second segment, twice the first");
+        assert_eq!(segments.0[1].capacity, 2 * FIRST_SEGMENT_IDS);
+        assert_eq!(segments.ids(), ids);
+        for i in (0..ids).step_by(97) {
+            assert!(segments.may_hold(u128::from(i as u64) * 7_919), "id {i} went in");
+        }
+        let others = 100_000u64;
+        let false_positives =
+            (0..others).filter(|&i| segments.may_hold((u128::from(i) << 64) | 1)).count();
+        // About 1% a segment at capacity; two segments, the second half full.
+        assert!(false_positives < 3_000, "{false_positives} false positives in {others}");
+    }
+
+    /// Before the scan joins, every id is a maybe; after, only the named and the stored ones.
+    #[test]
+    fn until_the_stored_ids_join_every_id_may_be_held() {
+        let mut known = KnownIds::default();
+        known.insert(11);
+        assert!(known.may_hold(12), "incomplete: a maybe");
+        let mut stored = Segments::default();
+        assert!(stored.insert(21, usize::MAX));
+        known.complete_with(stored);
+        assert!(known.is_complete());
+        assert!(known.may_hold(11) && known.may_hold(21));
+        let unknown = (1_000..1_100).filter(|&id| !known.may_hold(id)).count();
+        assert!(unknown > 90, "{unknown} of 100 unknown ids certainly not held");
+    }
+
+    /// Past the memory bound the filters go and every id is a maybe again, for good.
+    #[test]
+    fn past_the_memory_bound_every_id_is_a_maybe() {
+        let mut segments = Segments::default();
+        assert!(segments.insert(1, usize::MAX));
+        let one_segment = segments.bytes();
+        assert!(!Segments::default().insert(1, one_segment - 1), "no room for a first segment");
+        // Stored ids that fill the bound leave no room for the named ids' first segment.
+        let mut stored = Segments::default();
+        stored.0.push(Segment::new(KNOWN_IDS_BYTES_MAX * 8 / BITS_PER_ID));
+        assert_eq!(stored.bytes(), KNOWN_IDS_BYTES_MAX);
+        let mut known = KnownIds::default();
+        known.complete_with(stored);
+        assert!(known.is_complete());
+        known.insert(5);
+        assert!(known.dropped && !known.is_complete());
+        assert!(known.may_hold(6));
+        assert_eq!(known.size(), (0, 0));
+    }
+}
