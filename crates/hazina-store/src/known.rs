@@ -7,7 +7,8 @@
 //! positive costs only the search the filter saves. Ids go into segments of growing size
 //! (4M ids, then 8M, 16M, ...), so a check probes a few cache lines however many ids there
 //! are. The ids stored before this process opened the database are read by a thread of their
-//! own ([`scan`]): until its segments join, every id is a maybe, as it was without filters.
+//! own ([`scan`], from [`crate::Store::start_reading_known_ids`]): until its segments join,
+//! every id is a maybe, as it was without filters.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -389,17 +389,6 @@ impl Store {
         if !legacy.is_empty() {
             store.move_legacy_checkpoint(&legacy)?;
         }
-        if !options.stage_lines_only {
-            // Records are stored here: read their ids in the background (a restart with 50M
-            // records must not wait for them); until then every id is searched for.
-            let db = Arc::clone(&store.db);
-            let stop = Arc::clone(&store.scan_stop);
-            let scan = std::thread::Builder::new()
-                .name("hazina-known-ids".into())
-                .spawn(move || known::scan(&db, CF_TRANSFERS, &stop))
-                .map_err(|e| io_error(path, &e))?;
-            *store.scan.get_mut() = Some(scan);
-        }
         Ok(store)
     }
 
@@ -801,6 +790,29 @@ impl Store {
             holds.push(codec::decode_transfer(&value)?);
         }
         Ok(holds)
+    }
+
+    /// Starts the thread that reads the ids of the stored transfer records into the filters
+    /// of known ids (ADR 0011); until they join, [`Store::load_named_records`] searches for
+    /// every id. Like [`Store::start_compactions`], once recovery is done, so that it does not
+    /// share the cores with it. A second call does nothing.
+    pub fn start_reading_known_ids(&self) -> Result<(), StoreError> {
+        // `known` before `scan`, in the order `load_named_records` takes them.
+        if self.known.lock().is_complete() {
+            return Ok(());
+        }
+        let mut scan = self.scan.lock();
+        if scan.is_some() {
+            return Ok(());
+        }
+        let db = Arc::clone(&self.db);
+        let stop = Arc::clone(&self.scan_stop);
+        let thread = std::thread::Builder::new()
+            .name("hazina-known-ids".into())
+            .spawn(move || known::scan(&db, CF_TRANSFERS, &stop))
+            .map_err(|e| io_error(self.db.path(), &e))?;
+        *scan = Some(thread);
+        Ok(())
     }
 
     /// Starts background compactions, which [`Store::open`] leaves off so that reading the

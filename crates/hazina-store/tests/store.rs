@@ -190,6 +190,7 @@ fn with_the_stored_ids_read_every_earlier_record_is_still_found() {
             assert_eq!(store.checkpoint(10).expect("checkpoint").index, BATCHES);
         }
         let store = small_store(dir.path());
+        store.start_reading_known_ids().expect("the scan starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !store.known_transfer_ids().0 {
             assert!(std::time::Instant::now() < deadline, "seed {seed}: the scan never ended");

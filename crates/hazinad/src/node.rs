@@ -343,6 +343,7 @@ impl Node {
         }
         let commit_index = last.index.max(store.last_index()?);
         store.start_compactions()?;
+        store.start_reading_known_ids()?;
         tracing::info!(
             replayed,
             commit_index,
