@@ -21,8 +21,10 @@ use crate::StoreError;
 const FIRST_SEGMENT_IDS: usize = 4 << 20;
 /// Filter bits an id: about 1% false positives (Parquet's split-block filter).
 const BITS_PER_ID: usize = 10;
-/// Memory the filters may take at most, scan included (about 400M ids). Past it, the store
-/// drops them and searches for every id again: bounded memory before speed.
+/// Memory the filters of the named ids may take, and as much again those of the stored ids
+/// ([`crate::StoreOptions::known_ids_bytes_max`]). Segments double, so a side holds at most
+/// 315 MB, about 250M ids. Past that, the store drops the filters and searches for every id
+/// again: bounded memory before speed.
 pub(crate) const KNOWN_IDS_BYTES_MAX: usize = 512 << 20;
 /// Keys the scan reads between two looks at whether the store is closing.
 const SCAN_STOP_EVERY: usize = 1 << 16;
@@ -84,51 +86,92 @@ impl Segments {
     }
 }
 
+/// Where the filters stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownIdsState {
+    /// The ids stored before the start are not in the filters yet: every id is searched for.
+    Reading,
+    /// Every stored or named id is in the filters: the others are not searched for.
+    Complete,
+    /// The filters outgrew their bound, or the scan failed, and were dropped: every id is
+    /// searched for, until the next start.
+    Dropped,
+}
+
+impl KnownIdsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KnownIdsState::Reading => "reading",
+            KnownIdsState::Complete => "complete",
+            KnownIdsState::Dropped => "dropped",
+        }
+    }
+}
+
+/// What [`scan`] read.
+pub(crate) enum Scanned {
+    /// Every stored id, in segments.
+    Ids(Segments),
+    /// More stored ids than the bound allows.
+    TooMany,
+    /// The store is closing.
+    Stopped,
+}
+
 /// The filters of the ids this process named, and, once the scan joined them, of the ids
 /// stored before it opened the database.
-#[derive(Default)]
 pub(crate) struct KnownIds {
     named: Segments,
     stored: Segments,
-    /// The scan's segments joined: an id in no segment is certainly not held.
-    complete: bool,
-    /// The filters outgrew [`KNOWN_IDS_BYTES_MAX`] and were dropped: every id is a maybe.
-    dropped: bool,
+    state: KnownIdsState,
+    bytes_max: usize,
 }
 
 impl KnownIds {
+    /// Filters whose named ids take at most `bytes_max`.
+    pub fn new(bytes_max: usize) -> KnownIds {
+        KnownIds {
+            named: Segments::default(),
+            stored: Segments::default(),
+            state: KnownIdsState::Reading,
+            bytes_max,
+        }
+    }
+
     /// False only for an id certainly never stored or named: no record of it exists.
     pub fn may_hold(&self, id: u128) -> bool {
-        !self.complete || self.named.may_hold(id) || self.stored.may_hold(id)
+        self.state != KnownIdsState::Complete || self.named.may_hold(id) || self.stored.may_hold(id)
     }
 
     /// Notes an id a batch names, before the batch is applied (it may record it).
     pub fn insert(&mut self, id: u128) {
-        if self.dropped {
+        if self.state == KnownIdsState::Dropped {
             return;
         }
-        let room = KNOWN_IDS_BYTES_MAX.saturating_sub(self.stored.bytes());
-        if !self.named.insert(id, room) {
+        if !self.named.insert(id, self.bytes_max) {
             self.drop_filters();
         }
     }
 
-    /// Joins the ids stored before this process opened the database: from now on the filters
-    /// answer "certainly not held".
-    pub fn complete_with(&mut self, stored: Segments) {
-        if self.dropped {
-            return;
+    /// Joins what the scan of the stored ids read: with every one of them, the filters are
+    /// complete; with too many for the bound, they are dropped.
+    pub fn join(&mut self, scanned: Scanned) {
+        match (self.state, scanned) {
+            (KnownIdsState::Reading, Scanned::Ids(stored)) => {
+                self.stored = stored;
+                self.state = KnownIdsState::Complete;
+            }
+            (_, Scanned::TooMany) => self.drop_filters(),
+            _ => {}
         }
-        if stored.bytes() + self.named.bytes() > KNOWN_IDS_BYTES_MAX {
-            self.drop_filters();
-            return;
-        }
-        self.stored = stored;
-        self.complete = true;
     }
 
-    pub fn is_complete(&self) -> bool {
-        self.complete
+    pub fn state(&self) -> KnownIdsState {
+        self.state
+    }
+
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
     }
 
     /// The ids in the filters and the bytes they take, for the node's log and metrics.
@@ -136,17 +179,21 @@ impl KnownIds {
         (self.named.ids() + self.stored.ids(), self.named.bytes() + self.stored.bytes())
     }
 
-    fn drop_filters(&mut self) {
-        *self = KnownIds { dropped: true, ..KnownIds::default() };
+    /// Every id is searched for from now on, and the filters' memory goes.
+    pub fn drop_filters(&mut self) {
+        self.named = Segments::default();
+        self.stored = Segments::default();
+        self.state = KnownIdsState::Dropped;
     }
 }
 
-/// Reads the id of every record in `family` into segments; `None` if `stop` was set first.
+/// Reads the id of every record in `family` into segments of at most `bytes_max`.
 pub(crate) fn scan(
     db: &DB,
     family: &str,
     stop: &AtomicBool,
-) -> Result<Option<Segments>, StoreError> {
+    bytes_max: usize,
+) -> Result<Scanned, StoreError> {
     let cf = db.cf_handle(family).expect("every family is created at open");
     let mut options = ReadOptions::default();
     // A scan of every record once: it would only push the records lookups need out of the cache.
@@ -158,19 +205,17 @@ pub(crate) fn scan(
     let mut read = 0usize;
     while let Some(key) = iter.key() {
         let id = u128::from_be_bytes(crate::key_array(key, "transfer key")?);
-        if !segments.insert(id, KNOWN_IDS_BYTES_MAX) {
-            // Too many for the filters: the store keeps searching for every id.
-            segments = Segments::default();
-            break;
+        if !segments.insert(id, bytes_max) {
+            return Ok(Scanned::TooMany);
         }
         read += 1;
         if read.is_multiple_of(SCAN_STOP_EVERY) && stop.load(Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(Scanned::Stopped);
         }
         iter.next();
     }
     iter.status()?;
-    Ok(Some(segments))
+    Ok(Scanned::Ids(segments))
 }
 
 #[cfg(test)]
@@ -201,35 +246,44 @@ mod tests {
     /// Before the scan joins, every id is a maybe; after, only the named and the stored ones.
     #[test]
     fn until_the_stored_ids_join_every_id_may_be_held() {
-        let mut known = KnownIds::default();
+        let mut known = KnownIds::new(KNOWN_IDS_BYTES_MAX);
         known.insert(11);
-        assert!(known.may_hold(12), "incomplete: a maybe");
+        assert!(known.may_hold(12), "reading: a maybe");
+        known.join(Scanned::Stopped);
+        assert_eq!(known.state(), KnownIdsState::Reading);
         let mut stored = Segments::default();
         assert!(stored.insert(21, usize::MAX));
-        known.complete_with(stored);
-        assert!(known.is_complete());
+        known.join(Scanned::Ids(stored));
+        assert_eq!(known.state(), KnownIdsState::Complete);
         assert!(known.may_hold(11) && known.may_hold(21));
         let unknown = (1_000..1_100).filter(|&id| !known.may_hold(id)).count();
         assert!(unknown > 90, "{unknown} of 100 unknown ids certainly not held");
     }
 
-    /// Past the memory bound the filters go and every id is a maybe again, for good.
+    /// Too many named ids, or too many stored ones for the scan, and the filters go: every id
+    /// is a maybe again, for good.
     #[test]
     fn past_the_memory_bound_every_id_is_a_maybe() {
-        let mut segments = Segments::default();
-        assert!(segments.insert(1, usize::MAX));
-        let one_segment = segments.bytes();
+        let one_segment = Segment::new(FIRST_SEGMENT_IDS).bytes();
         assert!(!Segments::default().insert(1, one_segment - 1), "no room for a first segment");
-        // Stored ids that fill the bound leave no room for the named ids' first segment.
-        let mut stored = Segments::default();
-        stored.0.push(Segment::new(KNOWN_IDS_BYTES_MAX * 8 / BITS_PER_ID));
-        assert_eq!(stored.bytes(), KNOWN_IDS_BYTES_MAX);
-        let mut known = KnownIds::default();
-        known.complete_with(stored);
-        assert!(known.is_complete());
-        known.insert(5);
-        assert!(known.dropped && !known.is_complete());
-        assert!(known.may_hold(6));
+
+        let mut known = KnownIds::new(one_segment);
+        known.join(Scanned::Ids(Segments::default()));
+        for id in 0..FIRST_SEGMENT_IDS as u128 {
+            known.insert(id);
+        }
+        assert_eq!(known.state(), KnownIdsState::Complete, "one segment fits");
+        known.insert(u128::MAX);
+        assert_eq!(known.state(), KnownIdsState::Dropped, "a second does not");
+        assert!(known.may_hold(u128::MAX - 1));
         assert_eq!(known.size(), (0, 0));
+        known.join(Scanned::Ids(Segments::default()));
+        assert_eq!(known.state(), KnownIdsState::Dropped, "dropped for good");
+
+        let mut known = KnownIds::new(KNOWN_IDS_BYTES_MAX);
+        known.insert(7);
+        known.join(Scanned::TooMany);
+        assert_eq!(known.state(), KnownIdsState::Dropped);
+        assert!(known.may_hold(8), "a scan with too many ids leaves every id a maybe");
     }
 }

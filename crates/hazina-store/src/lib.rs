@@ -41,6 +41,7 @@ mod known;
 mod pending;
 mod raft_log;
 
+pub use known::KnownIdsState;
 pub use raft_log::{RaftLog, RaftLogOptions, write_snapshot_file};
 
 use std::collections::{BTreeMap, HashMap};
@@ -54,7 +55,7 @@ use hazina_core::{
     Account, Command, HistoryEntry, HistoryPage, HoldState, Ledger, LimitProfile, LimitProfileId,
     ResultCode, Timestamp, Transfer,
 };
-use known::{KnownIds, Segments};
+use known::{KnownIds, Scanned};
 use parking_lot::{Mutex, RwLock};
 use pending::Pending;
 use rocksdb::{
@@ -178,6 +179,20 @@ pub struct StoreOptions {
     /// Entries stage only statement lines ([`Store::stage_statements`], a replicated site):
     /// a staged layer is sized for those alone.
     pub stage_lines_only: bool,
+    /// Memory the filters of known transfer ids may take (ADR 0011): the named ids' at most
+    /// this, the stored ids' as much again; past it they are dropped and every id is searched
+    /// for.
+    pub known_ids_bytes_max: usize,
+}
+
+/// Where the filters of known transfer ids stand ([`Store::known_transfer_ids`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownTransferIds {
+    pub state: KnownIdsState,
+    /// Ids in the filters.
+    pub ids: usize,
+    /// Memory they take.
+    pub bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -187,6 +202,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 512 << 20,
             staged_commands: 0,
             stage_lines_only: false,
+            known_ids_bytes_max: known::KNOWN_IDS_BYTES_MAX,
         }
     }
 }
@@ -301,19 +317,25 @@ pub struct Store {
     /// Which transfer ids may have a record (`known.rs`), for [`Store::load_named_records`].
     known: Mutex<KnownIds>,
     /// The thread reading the ids stored before the store opened, until they join `known`.
-    scan: Mutex<Option<Scan>>,
+    scan: Mutex<ScanThread>,
     /// Tells the scan to stop: the store is closing.
     scan_stop: Arc<AtomicBool>,
 }
 
-/// The thread reading the stored transfer ids: their filters, or `None` if told to stop.
-type Scan = JoinHandle<Result<Option<Segments>, StoreError>>;
+/// The thread reading the stored transfer ids into filters (`known::scan`).
+enum ScanThread {
+    NotStarted,
+    Running(JoinHandle<Result<Scanned, StoreError>>),
+    Joined,
+}
 
 impl Drop for Store {
     /// Stops and waits for the scan of stored ids, which holds the database open.
     fn drop(&mut self) {
         self.scan_stop.store(true, Ordering::Relaxed);
-        if let Some(scan) = self.scan.get_mut().take() {
+        if let ScanThread::Running(scan) =
+            std::mem::replace(self.scan.get_mut(), ScanThread::Joined)
+        {
             let _ = scan.join();
         }
     }
@@ -382,8 +404,8 @@ impl Store {
             ingest_dir,
             staged_commands: options.staged_commands,
             stage_lines_only: options.stage_lines_only,
-            known: Mutex::new(KnownIds::default()),
-            scan: Mutex::new(None),
+            known: Mutex::new(KnownIds::new(options.known_ids_bytes_max)),
+            scan: Mutex::new(ScanThread::NotStarted),
             scan_stop: Arc::new(AtomicBool::new(false)),
         };
         if !legacy.is_empty() {
@@ -797,21 +819,18 @@ impl Store {
     /// every id. Like [`Store::start_compactions`], once recovery is done, so that it does not
     /// share the cores with it. A second call does nothing.
     pub fn start_reading_known_ids(&self) -> Result<(), StoreError> {
-        // `known` before `scan`, in the order `load_named_records` takes them.
-        if self.known.lock().is_complete() {
-            return Ok(());
-        }
         let mut scan = self.scan.lock();
-        if scan.is_some() {
+        if !matches!(*scan, ScanThread::NotStarted) {
             return Ok(());
         }
         let db = Arc::clone(&self.db);
         let stop = Arc::clone(&self.scan_stop);
+        let bytes_max = self.known.lock().bytes_max();
         let thread = std::thread::Builder::new()
             .name("hazina-known-ids".into())
-            .spawn(move || known::scan(&db, CF_TRANSFERS, &stop))
+            .spawn(move || known::scan(&db, CF_TRANSFERS, &stop, bytes_max))
             .map_err(|e| io_error(self.db.path(), &e))?;
-        *scan = Some(thread);
+        *scan = ScanThread::Running(thread);
         Ok(())
     }
 
@@ -941,7 +960,7 @@ impl Store {
         let mut missing = Vec::new();
         {
             let mut known = self.known.lock();
-            if !known.is_complete() {
+            if known.state() == KnownIdsState::Reading {
                 self.join_scan(&mut known)?;
             }
             for command in commands {
@@ -973,31 +992,37 @@ impl Store {
         Ok(())
     }
 
-    /// Joins the ids the scan read, once it is done, to `known`.
+    /// Joins what the scan read to `known`, once it is done. A scan that failed drops the
+    /// filters and returns its error: a storage failure, which stops a node.
     fn join_scan(&self, known: &mut KnownIds) -> Result<(), StoreError> {
         let mut scan = self.scan.lock();
-        if !scan.as_ref().is_some_and(JoinHandle::is_finished) {
+        if !matches!(&*scan, ScanThread::Running(thread) if thread.is_finished()) {
             return Ok(());
         }
-        match scan.take().expect("a finished scan").join() {
-            Ok(Ok(Some(stored))) => known.complete_with(stored),
-            Ok(Ok(None)) => {}
-            Ok(Err(error)) => return Err(error),
-            Err(_) => {
-                return Err(StoreError::Corrupt("the scan of stored transfer ids panicked".into()));
+        let ScanThread::Running(thread) = std::mem::replace(&mut *scan, ScanThread::Joined) else {
+            unreachable!("matched above");
+        };
+        let error = match thread.join() {
+            Ok(Ok(scanned)) => {
+                known.join(scanned);
+                return Ok(());
             }
-        }
-        Ok(())
+            Ok(Err(error)) => error,
+            Err(_) => StoreError::Corrupt("the scan of stored transfer ids panicked".into()),
+        };
+        known.drop_filters();
+        Err(error)
     }
 
-    /// Whether the filters of transfer ids are complete (the stored ids read), and how many
-    /// ids and bytes they hold.
-    pub fn known_transfer_ids(&self) -> (bool, usize, usize) {
+    /// Where the filters of transfer ids stand: whether the stored ids are in, and how many
+    /// ids and bytes they hold. Joins a finished scan, and returns its error if it failed.
+    pub fn known_transfer_ids(&self) -> Result<KnownTransferIds, StoreError> {
         let mut known = self.known.lock();
-        // A store that applies nothing still reports the scan's end.
-        let _ = self.join_scan(&mut known);
+        if known.state() == KnownIdsState::Reading {
+            self.join_scan(&mut known)?;
+        }
         let (ids, bytes) = known.size();
-        (known.is_complete(), ids, bytes)
+        Ok(KnownTransferIds { state: known.state(), ids, bytes })
     }
 
     /// A page of `account`'s statement: at most `limit` movements from `from` on, oldest first.

@@ -3,7 +3,7 @@
 
 use hazina_core::codec::{self, Entry};
 use hazina_core::{Command, Ledger, LedgerConfig, ResultCode};
-use hazina_store::{Applied, Changes, Store, StoreOptions};
+use hazina_store::{Applied, Changes, KnownIdsState, Store, StoreOptions};
 use hazina_testkit::seeds;
 use hazina_testkit::world::{World, WorldConfig};
 
@@ -165,7 +165,25 @@ fn reopened_store_restores_the_same_ledger_and_statements_add_up() {
 /// every record that left memory, giving the results of a ledger that keeps every record.
 #[test]
 fn with_the_stored_ids_read_every_earlier_record_is_still_found() {
-    for seed in seeds(0x4b4e_4f57_4e00, 3) {
+    continue_after_reading_known_ids(
+        0x4b4e_4f57_4e00,
+        KNOWN_IDS_BYTES_MAX,
+        KnownIdsState::Complete,
+    );
+}
+
+/// With a bound too small for the stored ids, the scan gives up and the filters are dropped:
+/// every id is searched for, and the results are the same.
+#[test]
+fn with_too_many_stored_ids_for_the_filters_every_id_is_searched_for() {
+    // Below one segment's size: the scan's first id does not fit.
+    continue_after_reading_known_ids(0x4b4e_4f57_4e01, 1 << 20, KnownIdsState::Dropped);
+}
+
+const KNOWN_IDS_BYTES_MAX: usize = 512 << 20;
+
+fn continue_after_reading_known_ids(seed_base: u64, bytes_max: usize, read: KnownIdsState) {
+    for seed in seeds(seed_base, 3) {
         eprintln!("seed {seed} (replay with HAZINA_SEED={seed})");
         let dir = tempfile::tempdir().expect("temp dir");
         let mut world = World::new(seed, WorldConfig::default());
@@ -189,16 +207,30 @@ fn with_the_stored_ids_read_every_earlier_record_is_still_found() {
             }
             assert_eq!(store.checkpoint(10).expect("checkpoint").index, BATCHES);
         }
-        let store = small_store(dir.path());
+        let store = Store::open(
+            dir.path(),
+            &StoreOptions {
+                write_buffer_bytes: 1 << 20,
+                block_cache_bytes: 8 << 20,
+                known_ids_bytes_max: bytes_max,
+                ..Default::default()
+            },
+        )
+        .expect("open store");
+        // As a node does: recovery first, then the scan.
+        let mut ledger = restore(&store);
+        store.start_compactions().expect("compactions start");
         store.start_reading_known_ids().expect("the scan starts");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !store.known_transfer_ids().0 {
+        while store.known_transfer_ids().expect("the scan").state == KnownIdsState::Reading {
             assert!(std::time::Instant::now() < deadline, "seed {seed}: the scan never ended");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let (_, stored_ids, _) = store.known_transfer_ids();
-        assert!(stored_ids > 0, "seed {seed}: the scan read the stored records");
-        let mut ledger = restore(&store);
+        let known = store.known_transfer_ids().expect("the scan");
+        assert_eq!(known.state, read, "seed {seed}");
+        if read == KnownIdsState::Complete {
+            assert!(known.ids > 0, "seed {seed}: the scan read the stored records");
+        }
         let mut resident_misses = 0;
         for index in BATCHES + 1..=3 * BATCHES {
             let entry = next_entry(index);
@@ -216,6 +248,10 @@ fn with_the_stored_ids_read_every_earlier_record_is_still_found() {
             let results = apply_and_store(&store, &mut ledger, &entry);
             let expected = keeps_all.apply(entry.timestamp, &entry.commands).expect("valid batch");
             assert_eq!(results, expected, "seed {seed} entry {index}");
+            if index == 2 * BATCHES {
+                // Records stored after the scan: named by this process, so in the filters.
+                assert_eq!(store.checkpoint(10).expect("checkpoint").index, index);
+            }
         }
         assert!(resident_misses > 0, "seed {seed}: no batch named a record out of memory");
         assert_eq!(ledger.digest(), keeps_all.digest(), "seed {seed}");

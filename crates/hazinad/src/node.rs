@@ -878,8 +878,11 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
                 let index = written.index;
                 shared.checkpoint_index.store(index, Ordering::Relaxed);
                 metrics::gauge!("hazina_checkpoint_index").set(index as f64);
-                let (known_complete, known_ids, known_bytes) = store.known_transfer_ids();
-                metrics::gauge!("hazina_known_transfer_ids_bytes").set(known_bytes as f64);
+                let known = match store.known_transfer_ids() {
+                    Ok(known) => known,
+                    Err(e) => fail_stop("reading the stored transfer ids", &e),
+                };
+                metrics::gauge!("hazina_known_transfer_ids_bytes").set(known.bytes as f64);
                 tracing::info!(
                     index,
                     why,
@@ -887,8 +890,8 @@ fn checkpointer(store: &Store, signals: &Receiver<()>, shared: &Shared, retain: 
                     lines = written.lines,
                     accounts = written.accounts,
                     seconds = started.elapsed().as_secs_f64(),
-                    known_complete,
-                    known_ids,
+                    known_ids = known.ids,
+                    known = known.state.as_str(),
                     "checkpoint"
                 );
             }
