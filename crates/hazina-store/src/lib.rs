@@ -819,13 +819,14 @@ impl Store {
     /// every id. Like [`Store::start_compactions`], once recovery is done, so that it does not
     /// share the cores with it. A second call does nothing.
     pub fn start_reading_known_ids(&self) -> Result<(), StoreError> {
+        // Not while holding `scan`: `load_named_records` takes `known` first.
+        let bytes_max = self.known.lock().bytes_max();
         let mut scan = self.scan.lock();
         if !matches!(*scan, ScanThread::NotStarted) {
             return Ok(());
         }
         let db = Arc::clone(&self.db);
         let stop = Arc::clone(&self.scan_stop);
-        let bytes_max = self.known.lock().bytes_max();
         let thread = std::thread::Builder::new()
             .name("hazina-known-ids".into())
             .spawn(move || known::scan(&db, CF_TRANSFERS, &stop, bytes_max))

@@ -165,11 +165,8 @@ fn reopened_store_restores_the_same_ledger_and_statements_add_up() {
 /// every record that left memory, giving the results of a ledger that keeps every record.
 #[test]
 fn with_the_stored_ids_read_every_earlier_record_is_still_found() {
-    continue_after_reading_known_ids(
-        0x4b4e_4f57_4e00,
-        KNOWN_IDS_BYTES_MAX,
-        KnownIdsState::Complete,
-    );
+    let bytes_max = StoreOptions::default().known_ids_bytes_max;
+    continue_after_reading_known_ids(0x4b4e_4f57_4e00, bytes_max, KnownIdsState::Complete);
 }
 
 /// With a bound too small for the stored ids, the scan gives up and the filters are dropped:
@@ -179,8 +176,6 @@ fn with_too_many_stored_ids_for_the_filters_every_id_is_searched_for() {
     // Below one segment's size: the scan's first id does not fit.
     continue_after_reading_known_ids(0x4b4e_4f57_4e01, 1 << 20, KnownIdsState::Dropped);
 }
-
-const KNOWN_IDS_BYTES_MAX: usize = 512 << 20;
 
 fn continue_after_reading_known_ids(seed_base: u64, bytes_max: usize, read: KnownIdsState) {
     for seed in seeds(seed_base, 3) {
