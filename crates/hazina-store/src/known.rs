@@ -55,8 +55,9 @@ impl Segment {
 pub(crate) struct Segments(Vec<Segment>);
 
 impl Segments {
-    /// Adds `id`; false if that would take the segments past `bytes_max` (then it is not added).
-    fn insert(&mut self, id: u128, bytes_max: usize) -> bool {
+    /// Adds the id of `hash`; false if that would take the segments past `bytes_max` (then it
+    /// is not added).
+    fn insert(&mut self, hash: u64, bytes_max: usize) -> bool {
         let full = self.0.last().is_none_or(|last| last.ids >= last.capacity);
         if full {
             let capacity = self.0.last().map_or(FIRST_SEGMENT_IDS, |last| last.capacity * 2);
@@ -67,13 +68,12 @@ impl Segments {
             self.0.push(segment);
         }
         let last = self.0.last_mut().expect("a segment with room");
-        last.filter.insert_hash(hash(id));
+        last.filter.insert_hash(hash);
         last.ids += 1;
         true
     }
 
-    fn may_hold(&self, id: u128) -> bool {
-        let hash = hash(id);
+    fn may_hold(&self, hash: u64) -> bool {
         self.0.iter().any(|segment| segment.filter.contains_hash(hash))
     }
 
@@ -140,17 +140,25 @@ impl KnownIds {
 
     /// False only for an id certainly never stored or named: no record of it exists.
     pub fn may_hold(&self, id: u128) -> bool {
-        self.state != KnownIdsState::Complete || self.named.may_hold(id) || self.stored.may_hold(id)
+        self.may_hold_hash(hash(id))
     }
 
-    /// Notes an id a batch names, before the batch is applied (it may record it).
-    pub fn insert(&mut self, id: u128) {
-        if self.state == KnownIdsState::Dropped {
-            return;
-        }
-        if !self.named.insert(id, self.bytes_max) {
+    fn may_hold_hash(&self, hash: u64) -> bool {
+        self.state != KnownIdsState::Complete
+            || self.named.may_hold(hash)
+            || self.stored.may_hold(hash)
+    }
+
+    /// Notes the id of a transfer a batch creates, before the batch is applied (it may record
+    /// it), and returns whether the id may have been held before: [`KnownIds::may_hold`] and an
+    /// insert, the id hashed once.
+    pub fn note(&mut self, id: u128) -> bool {
+        let hash = hash(id);
+        let may_hold = self.may_hold_hash(hash);
+        if self.state != KnownIdsState::Dropped && !self.named.insert(hash, self.bytes_max) {
             self.drop_filters();
         }
+        may_hold
     }
 
     /// Joins what the scan of the stored ids read: with every one of them, the filters are
@@ -205,7 +213,7 @@ pub(crate) fn scan(
     let mut read = 0usize;
     while let Some(key) = iter.key() {
         let id = u128::from_be_bytes(crate::key_array(key, "transfer key")?);
-        if !segments.insert(id, bytes_max) {
+        if !segments.insert(hash(id), bytes_max) {
             return Ok(Scanned::TooMany);
         }
         read += 1;
@@ -228,17 +236,17 @@ mod tests {
         let mut segments = Segments::default();
         let ids = FIRST_SEGMENT_IDS + FIRST_SEGMENT_IDS / 2;
         for i in 0..ids {
-            assert!(segments.insert(u128::from(i as u64) * 7_919, usize::MAX));
+            assert!(segments.insert(hash(u128::from(i as u64) * 7_919), usize::MAX));
         }
         assert_eq!(segments.0.len(), 2, "a second segment, twice the first");
         assert_eq!(segments.0[1].capacity, 2 * FIRST_SEGMENT_IDS);
         assert_eq!(segments.ids(), ids);
         for i in (0..ids).step_by(97) {
-            assert!(segments.may_hold(u128::from(i as u64) * 7_919), "id {i} went in");
+            assert!(segments.may_hold(hash(u128::from(i as u64) * 7_919)), "id {i} went in");
         }
         let others = 100_000u64;
         let false_positives =
-            (0..others).filter(|&i| segments.may_hold((u128::from(i) << 64) | 1)).count();
+            (0..others).filter(|&i| segments.may_hold(hash((u128::from(i) << 64) | 1))).count();
         // About 1% a segment at capacity; two segments, the second half full.
         assert!(false_positives < 3_000, "{false_positives} false positives in {others}");
     }
@@ -247,17 +255,19 @@ mod tests {
     #[test]
     fn until_the_stored_ids_join_every_id_may_be_held() {
         let mut known = KnownIds::new(KNOWN_IDS_BYTES_MAX);
-        known.insert(11);
+        assert!(known.note(11), "reading: a maybe, even for an id never seen");
         assert!(known.may_hold(12), "reading: a maybe");
         known.join(Scanned::Stopped);
         assert_eq!(known.state(), KnownIdsState::Reading);
         let mut stored = Segments::default();
-        assert!(stored.insert(21, usize::MAX));
+        assert!(stored.insert(hash(21), usize::MAX));
         known.join(Scanned::Ids(stored));
         assert_eq!(known.state(), KnownIdsState::Complete);
         assert!(known.may_hold(11) && known.may_hold(21));
-        let unknown = (1_000..1_100).filter(|&id| !known.may_hold(id)).count();
+        assert!(known.note(11), "noted before: a maybe");
+        let unknown = (1_000..1_100).filter(|&id| !known.note(id)).count();
         assert!(unknown > 90, "{unknown} of 100 unknown ids certainly not held");
+        assert!((1_000..1_100).all(|id| known.may_hold(id)), "each noted, so each a maybe now");
     }
 
     /// Too many named ids, or too many stored ones for the scan, and the filters go: every id
@@ -265,15 +275,18 @@ mod tests {
     #[test]
     fn past_the_memory_bound_every_id_is_a_maybe() {
         let one_segment = Segment::new(FIRST_SEGMENT_IDS).bytes();
-        assert!(!Segments::default().insert(1, one_segment - 1), "no room for a first segment");
+        assert!(
+            !Segments::default().insert(hash(1), one_segment - 1),
+            "no room for a first segment"
+        );
 
         let mut known = KnownIds::new(one_segment);
         known.join(Scanned::Ids(Segments::default()));
         for id in 0..FIRST_SEGMENT_IDS as u128 {
-            known.insert(id);
+            known.note(id);
         }
         assert_eq!(known.state(), KnownIdsState::Complete, "one segment fits");
-        known.insert(u128::MAX);
+        known.note(u128::MAX);
         assert_eq!(known.state(), KnownIdsState::Dropped, "a second does not");
         assert!(known.may_hold(u128::MAX - 1));
         assert_eq!(known.size(), (0, 0));
@@ -281,7 +294,7 @@ mod tests {
         assert_eq!(known.state(), KnownIdsState::Dropped, "dropped for good");
 
         let mut known = KnownIds::new(KNOWN_IDS_BYTES_MAX);
-        known.insert(7);
+        known.note(7);
         known.join(Scanned::TooMany);
         assert_eq!(known.state(), KnownIdsState::Dropped);
         assert!(known.may_hold(8), "a scan with too many ids leaves every id a maybe");

@@ -966,15 +966,15 @@ impl Store {
             }
             for command in commands {
                 if let Command::CreateTransfer(t) = command {
-                    // Most ids are new: the filters say so without a search.
-                    for id in [t.id, t.pending_id] {
-                        if id != 0 && known.may_hold(id) && ledger.transfer(id).is_none() {
-                            missing.push(id);
-                        }
+                    // Most ids are new: the filters say so without a search. The batch may
+                    // record `t.id`, so noting it also adds it to them.
+                    if t.id != 0 && known.note(t.id) && ledger.transfer(t.id).is_none() {
+                        missing.push(t.id);
                     }
-                    // The batch may record it: from now on it may be held.
-                    if t.id != 0 {
-                        known.insert(t.id);
+                    let pending = t.pending_id;
+                    if pending != 0 && known.may_hold(pending) && ledger.transfer(pending).is_none()
+                    {
+                        missing.push(pending);
                     }
                 }
             }

@@ -21,16 +21,12 @@ fn config() -> LedgerConfig {
     }
 }
 
+fn small_options() -> StoreOptions {
+    StoreOptions { write_buffer_bytes: 1 << 20, block_cache_bytes: 8 << 20, ..Default::default() }
+}
+
 fn small_store(path: &std::path::Path) -> Store {
-    let store = Store::open(
-        path,
-        &StoreOptions {
-            write_buffer_bytes: 1 << 20,
-            block_cache_bytes: 8 << 20,
-            ..Default::default()
-        },
-    )
-    .expect("open store");
+    let store = Store::open(path, &small_options()).expect("open store");
     store.start_compactions().expect("compactions start");
     store
 }
@@ -202,16 +198,8 @@ fn continue_after_reading_known_ids(seed_base: u64, bytes_max: usize, read: Know
             }
             assert_eq!(store.checkpoint(10).expect("checkpoint").index, BATCHES);
         }
-        let store = Store::open(
-            dir.path(),
-            &StoreOptions {
-                write_buffer_bytes: 1 << 20,
-                block_cache_bytes: 8 << 20,
-                known_ids_bytes_max: bytes_max,
-                ..Default::default()
-            },
-        )
-        .expect("open store");
+        let options = StoreOptions { known_ids_bytes_max: bytes_max, ..small_options() };
+        let store = Store::open(dir.path(), &options).expect("open store");
         // As a node does: recovery first, then the scan.
         let mut ledger = restore(&store);
         store.start_compactions().expect("compactions start");
