@@ -42,7 +42,7 @@ mod pending;
 mod raft_log;
 
 pub use known::KnownIdsState;
-pub use raft_log::{RaftLog, RaftLogOptions, write_snapshot_file};
+pub use raft_log::{RAFT_LOG_FILES_OPEN_MAX, RaftLog, RaftLogOptions, write_snapshot_file};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -183,6 +183,11 @@ pub struct StoreOptions {
     /// this, the stored ids' as much again; past it they are dropped and every id is searched
     /// for.
     pub known_ids_bytes_max: usize,
+    /// Table files RocksDB keeps open at most; past this it closes the least used and opens
+    /// files again as reads need them. `None` keeps every file open, RocksDB's default: a
+    /// history of many files then needs as many descriptors, and a store that cannot open
+    /// a new file stops taking writes.
+    pub table_files_max: Option<u32>,
 }
 
 /// Where the filters of known transfer ids stand ([`Store::known_transfer_ids`]).
@@ -203,6 +208,7 @@ impl Default for StoreOptions {
             staged_commands: 0,
             stage_lines_only: false,
             known_ids_bytes_max: known::KNOWN_IDS_BYTES_MAX,
+            table_files_max: None,
         }
     }
 }
@@ -372,7 +378,7 @@ impl Store {
     /// Opens the database at `path`, creating it if missing. A store written before the
     /// `checkpoint` family existed has its checkpoint moved there first.
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db_options = db_options()?;
+        let db_options = db_options(options.table_files_max)?;
         let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
         let file_options: Vec<(&'static str, Options)> =
             FAMILIES.iter().map(|&name| (name, family_options(name, options, &cache))).collect();
@@ -1173,9 +1179,14 @@ fn io_error(path: &Path, error: &std::io::Error) -> StoreError {
 }
 
 /// What every database of a node shares: created if missing, background work kept from getting
-/// in the way of the threads that answer callers.
-fn db_options() -> Result<Options, StoreError> {
+/// in the way of the threads that answer callers, at most `table_files_max` table files open
+/// (all of them with `None`).
+fn db_options(table_files_max: Option<u32>) -> Result<Options, StoreError> {
     let mut db_options = Options::default();
+    // RocksDB takes -1 for "no bound" and raises bounds under 20 to 20.
+    db_options.set_max_open_files(
+        table_files_max.map_or(-1, |files| i32::try_from(files).unwrap_or(i32::MAX)),
+    );
     db_options.create_if_missing(true);
     db_options.create_missing_column_families(true);
     // Compactions run at a lower CPU and I/O priority than the threads that answer callers:
@@ -1555,6 +1566,74 @@ mod tests {
     }
 
     /// An active wallet with these posted totals.
+    /// Table files under `dir` this process holds open.
+    fn table_files_open(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("this process's files")
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|path| path.starts_with(dir) && path.extension().is_some_and(|e| e == "sst"))
+            .count()
+    }
+
+    /// With a bound, RocksDB holds at most that many table files open and opens the others
+    /// again to read them; without one it holds every file open, whatever their number.
+    #[test]
+    fn the_table_files_held_open_are_bounded() {
+        const FILES: u32 = 150;
+        let value = [7u8; 100];
+        // RocksDB's table cache holds the bound less 10 (its own other files), in 64 shards of
+        // as many each, rounded up: 74 holds 64 at most.
+        for (bound, most) in [(Some(74), 64), (None, FILES as usize)] {
+            let dir = tempfile::tempdir().expect("temporary folder");
+            let open = |bound: Option<u32>| {
+                let mut options = db_options(bound).expect("options");
+                options.set_disable_auto_compactions(true);
+                DB::open(&options, dir.path()).expect("open")
+            };
+            {
+                let db = open(None);
+                for file in 0..FILES {
+                    db.put(file.to_be_bytes(), value).expect("put");
+                    db.flush().expect("a file each");
+                }
+            }
+            let files = std::fs::read_dir(dir.path())
+                .expect("the folder")
+                .filter(|e| {
+                    e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sst"))
+                })
+                .count();
+            assert_eq!(files, FILES as usize);
+            let db = open(bound);
+            for file in 0..FILES {
+                assert_eq!(db.get(file.to_be_bytes()).expect("get").as_deref(), Some(&value[..]));
+            }
+            let held = table_files_open(dir.path());
+            if bound.is_some() {
+                assert!(held <= most, "{held} of {FILES} files held open under a bound of {most}");
+            } else {
+                assert_eq!(held, most, "every file held open");
+            }
+        }
+    }
+
+    /// The store's bound on open table files is the one RocksDB runs with (its options file).
+    #[test]
+    fn the_store_passes_its_bound_on_open_files_to_rocksdb() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let options = StoreOptions { table_files_max: Some(64), ..StoreOptions::default() };
+        drop(Store::open(dir.path(), &options).expect("open"));
+        let mut written: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("the folder")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .collect();
+        written.sort();
+        let last = written.last().expect("an options file");
+        let text = std::fs::read_to_string(dir.path().join(last)).expect("read it");
+        assert!(text.lines().any(|l| l.trim() == "max_open_files=64"), "{last}");
+    }
+
     fn standing(id: u128, credits_posted: u128, debits_posted: u128) -> Account {
         Account {
             id,
@@ -1696,7 +1775,7 @@ mod tests {
         let profiles = BTreeMap::from([(1, LimitProfile::UNLIMITED)]);
         {
             let families = [CF_LOG, "accounts", CF_TRANSFERS, "holds", CF_HISTORY, "meta"];
-            let db = DB::open_cf(&db_options().expect("options"), dir.path(), families)
+            let db = DB::open_cf(&db_options(None).expect("options"), dir.path(), families)
                 .expect("an old store");
             for a in &accounts {
                 let mut bytes = Vec::new();

@@ -32,11 +32,22 @@ use crate::{StoreError, db_options, key_array};
 pub struct RaftLogOptions {
     /// Bytes of the memtable: the log between two flushes.
     pub write_buffer_bytes: usize,
+    /// Table files RocksDB keeps open at most ([`crate::StoreOptions::table_files_max`]). The
+    /// log is compacted behind every snapshot and holds a few files: by default at most
+    /// [`RAFT_LOG_FILES_OPEN_MAX`], so that a log that grew while a standby was away cannot
+    /// take the descriptors the state and the connections need.
+    pub table_files_max: Option<u32>,
 }
+
+/// The raft log's default bound on open table files.
+pub const RAFT_LOG_FILES_OPEN_MAX: u32 = 64;
 
 impl Default for RaftLogOptions {
     fn default() -> RaftLogOptions {
-        RaftLogOptions { write_buffer_bytes: 32 << 20 }
+        RaftLogOptions {
+            write_buffer_bytes: 32 << 20,
+            table_files_max: Some(RAFT_LOG_FILES_OPEN_MAX),
+        }
     }
 }
 
@@ -102,7 +113,7 @@ impl RaftLog {
         options: &RaftLogOptions,
         voters: &[u64],
     ) -> Result<RaftLog, StoreError> {
-        let mut db_options = db_options()?;
+        let mut db_options = db_options(options.table_files_max)?;
         db_options.set_write_buffer_size(options.write_buffer_bytes);
         // A full memtable waits for its flush while the next fills; only with this many full
         // ones waiting do writes stop.

@@ -11,8 +11,12 @@ use hazina_store::{RaftLog, RaftLogOptions};
 const VOTERS: [u64; 3] = [1, 2, 3];
 
 fn open(path: &std::path::Path) -> RaftLog {
-    RaftLog::open(path, &RaftLogOptions { write_buffer_bytes: 1 << 20 }, &VOTERS)
-        .expect("open raft log")
+    RaftLog::open(
+        path,
+        &RaftLogOptions { write_buffer_bytes: 1 << 20, ..RaftLogOptions::default() },
+        &VOTERS,
+    )
+    .expect("open raft log")
 }
 
 fn entry(index: u64, term: u64) -> Entry {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use hazina_core::LedgerConfig;
 use hazina_proto::v1::ledger_server::LedgerServer;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::{ClusterConfig, ClusterNode, PEER_MESSAGE_BYTES_MAX, Site};
@@ -124,6 +125,13 @@ pub struct Args {
     /// (docs/adr/0006-flow-control.md). "false" leaves it to RocksDB.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub flow_control: bool,
+    /// Table files of the state's RocksDB kept open at most. Default: half the limit of open
+    /// files, which hazinad raises to its hard limit at start; the other half is for the
+    /// connections, RocksDB's log files and a site's raft log. Past it RocksDB closes the
+    /// least used files and opens them again as reads need them, where with every file kept
+    /// open a long history would run the process out of descriptors and stop its writes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(20..))]
+    pub table_files_max: Option<u32>,
     /// Threads serving gRPC. With 1 (the default) a current-thread runtime: the callers a
     /// group of entries answers all run before their connection's task, which then writes
     /// their responses in one system call (in run A, 760 `writev` a second instead of 30,000,
@@ -154,6 +162,7 @@ impl Args {
         config.checkpoint_every = self.checkpoint_every;
         config.log_retain = self.log_retain;
         config.flow_control = self.flow_control;
+        config.store.table_files_max = self.table_files_max;
         config
     }
 
@@ -239,9 +248,58 @@ pub fn init_tracing(args: &Args) {
 /// `tcp_nodelay` only to listeners it binds itself and ignores it for `serve_with_incoming`;
 /// with Nagle on, a reply written in more than one segment waited for the caller's delayed
 /// acknowledgement (40 ms on Linux), a p99.9 of about 45 ms at any load (docs/BENCHMARKS.md).
-fn accepted_without_delay(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// A failed accept is followed by a pause ([`paced_on_errors`]).
+fn accepted_without_delay(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    paced_on_errors(TcpIncoming::from(listener).with_nodelay(Some(true)), ACCEPT_RETRY)
 }
+
+/// The pause after a failed `accept`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// `incoming`, each error logged, counted and followed by a pause of `pause`. tonic's server
+/// asks for the next connection at once after an error; with the process out of file
+/// descriptors every `accept` fails at once (the caller stays queued), and the thread that
+/// serves the connections would spend itself on them.
+fn paced_on_errors<T>(
+    incoming: impl Stream<Item = std::io::Result<T>>,
+    pause: Duration,
+) -> impl Stream<Item = std::io::Result<T>> {
+    incoming.then(move |accepted| async move {
+        if let Err(e) = &accepted {
+            tracing::warn!(error = %e, "accepting a connection failed");
+            metrics::counter!("hazina_accept_errors_total").increment(1);
+            tokio::time::sleep(pause).await;
+        }
+        accepted
+    })
+}
+
+/// Open files asked for at start: the soft limit is raised to the hard one, this at most.
+const OPEN_FILES_WANTED: u64 = 1 << 20;
+
+/// Raises this process's soft limit of open files to its hard limit (at most
+/// [`OPEN_FILES_WANTED`]) and gives the limit in force, if it can be read. RocksDB keeps its
+/// table files open and every connection is a file: the usual soft limit of 1,024 is
+/// a week of history at a national operator's volume.
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(OPEN_FILES_WANTED) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the limit of open files");
+            rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// The state's share of a limit of `open_files`: half (`--table-files-max`).
+pub fn table_files_for(open_files: u64) -> u32 {
+    u32::try_from(open_files / 2).unwrap_or(u32::MAX).max(20)
+}
+
+/// How often the process's own figures (CPU, memory, open files) are read for `/metrics`.
+const PROCESS_METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -269,9 +327,18 @@ pub async fn shutdown_signal() {
 
 /// Starts the node, serves until `shutdown` resolves, then stops cleanly.
 pub async fn run(
-    args: Args,
+    mut args: Args,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let open_files = raise_open_files_limit();
+    if args.table_files_max.is_none() {
+        args.table_files_max = open_files.map(table_files_for);
+    }
+    tracing::info!(
+        open_files_limit = open_files,
+        table_files_max = args.table_files_max,
+        "open files"
+    );
     if args.metrics_listen != "off" {
         let addr: SocketAddr = args
             .metrics_listen
@@ -281,6 +348,17 @@ pub async fn run(
             .with_http_listener(addr)
             .install()
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
+        // process_cpu_seconds_total, process_open_fds, process_max_fds,
+        // process_resident_memory_bytes and the others of Prometheus's own clients.
+        let process = metrics_process::Collector::default();
+        process.describe();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PROCESS_METRICS_EVERY);
+            loop {
+                every.tick().await;
+                process.collect();
+            }
+        });
         tracing::info!(%addr, "metrics at /metrics");
     }
     let listen = args.listen_addr()?;
@@ -367,15 +445,13 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use tokio_stream::StreamExt;
-
     use super::*;
 
     #[tokio::test]
     async fn accepted_connections_send_without_delay() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let mut incoming = accepted_without_delay(listener);
+        let mut incoming = std::pin::pin!(accepted_without_delay(listener));
         let _caller = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let accepted = tokio::time::timeout(Duration::from_secs(5), incoming.next())
             .await
@@ -383,6 +459,37 @@ mod tests {
             .expect("the stream goes on")
             .expect("accepted");
         assert!(accepted.nodelay().expect("read TCP_NODELAY"), "Nagle's algorithm is still on");
+    }
+
+    /// Each failed accept is followed by the pause; connections that follow at once are not.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_accept_is_followed_by_a_pause() {
+        let error = || Err(std::io::Error::from_raw_os_error(24)); // EMFILE
+        let accepts = tokio_stream::iter([error(), Ok(1), Ok(2), error(), Ok(3)]);
+        let mut incoming = std::pin::pin!(paced_on_errors(accepts, Duration::from_millis(100)));
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        while let Some(accepted) = incoming.next().await {
+            got.push((accepted.ok(), started.elapsed().as_millis()));
+        }
+        assert_eq!(got, [(None, 100), (Some(1), 100), (Some(2), 100), (None, 200), (Some(3), 200)]);
+    }
+
+    /// The state's share of the limit of open files, and the flag that overrides it.
+    #[test]
+    fn table_files_are_half_the_open_files() {
+        assert_eq!(table_files_for(1_024), 512);
+        assert_eq!(table_files_for(20), 20, "RocksDB's least");
+        assert_eq!(table_files_for(u64::MAX), u32::MAX);
+        let args = Args::parse_from(["hazinad", "--data-dir", "/tmp/unused"]);
+        assert_eq!(args.node_config().store.table_files_max, None, "set by run() at start");
+        let args =
+            Args::parse_from(["hazinad", "--data-dir", "/tmp/unused", "--table-files-max", "300"]);
+        assert_eq!(args.node_config().store.table_files_max, Some(300));
+        assert!(
+            Args::try_parse_from(["hazinad", "--data-dir", "/x", "--table-files-max", "5"])
+                .is_err()
+        );
     }
 
     /// The room made for accounts reaches the ledger of a single site and of a site of a

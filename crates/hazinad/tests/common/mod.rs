@@ -103,6 +103,11 @@ impl Server {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(&self.addr).await.expect("connect to hazinad")
     }
@@ -145,6 +150,17 @@ impl Drop for Server {
 }
 
 pub use hazina_testkit::free_ports;
+
+/// The text of the Prometheus endpoint at `addr` (`/metrics`).
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint");
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("ask for metrics");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read metrics");
+    body
+}
 
 /// A TCP forwarder on 127.0.0.1 standing for one direction of a link between two sites: cut,
 /// it drops its connections and every new one, as a network partition would.
@@ -308,15 +324,9 @@ impl Cluster {
     /// `hazina_results_total` of every site, by result name, summed: each site counts the
     /// outcomes it answered as primary.
     pub async fn results_total(&self) -> std::collections::BTreeMap<String, u64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut sum = std::collections::BTreeMap::new();
         for addr in &self.metrics {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint");
-            let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.expect("ask for metrics");
-            let mut body = String::new();
-            stream.read_to_string(&mut body).await.expect("read metrics");
-            for line in body.lines() {
+            for line in scrape(addr).await.lines() {
                 let Some(rest) = line.strip_prefix("hazina_results_total{result=\"") else {
                     continue;
                 };
