@@ -1565,8 +1565,8 @@ mod tests {
         assert_eq!(wallet_lines, [800, 500]);
     }
 
-    /// An active wallet with these posted totals.
     /// Table files under `dir` this process holds open.
+    #[cfg(target_os = "linux")]
     fn table_files_open(dir: &Path) -> usize {
         std::fs::read_dir("/proc/self/fd")
             .expect("this process's files")
@@ -1575,15 +1575,17 @@ mod tests {
             .count()
     }
 
-    /// With a bound, RocksDB holds at most that many table files open and opens the others
+    /// With a bound, RocksDB holds about that many table files open and opens the others
     /// again to read them; without one it holds every file open, whatever their number.
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_table_files_held_open_are_bounded() {
         const FILES: u32 = 150;
         let value = [7u8; 100];
         // RocksDB's table cache holds the bound less 10 (its own other files), in 64 shards of
-        // as many each, rounded up: 74 holds 64 at most.
-        for (bound, most) in [(Some(74), 64), (None, FILES as usize)] {
+        // as many each, rounded up: 74 holds 64, and the 16 files it pins at open may come on
+        // top.
+        for (bound, most) in [(Some(74), 64 + 16), (None, FILES as usize)] {
             let dir = tempfile::tempdir().expect("temporary folder");
             let open = |bound: Option<u32>| {
                 let mut options = db_options(bound).expect("options");
@@ -1634,6 +1636,7 @@ mod tests {
         assert!(text.lines().any(|l| l.trim() == "max_open_files=64"), "{last}");
     }
 
+    /// An active wallet with these posted totals.
     fn standing(id: u128, credits_posted: u128, debits_posted: u128) -> Account {
         Account {
             id,

@@ -115,3 +115,22 @@ fn a_log_of_another_group_is_refused() {
         .expect_err("other voters");
     assert!(error.to_string().contains("[1, 2, 3]"), "{error}");
 }
+
+/// The log's database holds at most `RAFT_LOG_FILES_OPEN_MAX` table files open (its options
+/// file says what RocksDB runs it with): a log that grew while a standby was away cannot take
+/// the descriptors the state and the connections need.
+#[test]
+fn the_log_bounds_its_open_table_files() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    drop(open(dir.path()));
+    let mut written: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("the folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("OPTIONS-"))
+        .collect();
+    written.sort();
+    let text = std::fs::read_to_string(dir.path().join(written.last().expect("an options file")))
+        .expect("read it");
+    let bound = format!("max_open_files={}", hazina_store::RAFT_LOG_FILES_OPEN_MAX);
+    assert!(text.lines().any(|l| l.trim() == bound), "{bound}");
+}

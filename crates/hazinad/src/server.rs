@@ -258,10 +258,12 @@ fn accepted_without_delay(
 /// The pause after a failed `accept`.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// `incoming`, each error logged, counted and followed by a pause of `pause`. tonic's server
-/// asks for the next connection at once after an error; with the process out of file
-/// descriptors every `accept` fails at once (the caller stays queued), and the thread that
-/// serves the connections would spend itself on them.
+/// `incoming`, each error logged and counted, and one for want of a resource (file
+/// descriptors, memory) followed by a pause of `pause`. tonic's server asks for the next
+/// connection at once after an error; with the process out of file descriptors every `accept`
+/// fails at once (the caller stays queued), and the thread that serves the connections would
+/// spend itself on them. An error of one connection (aborted before it was accepted) does not
+/// hold up the next.
 fn paced_on_errors<T>(
     incoming: impl Stream<Item = std::io::Result<T>>,
     pause: Duration,
@@ -270,10 +272,24 @@ fn paced_on_errors<T>(
         if let Err(e) = &accepted {
             tracing::warn!(error = %e, "accepting a connection failed");
             metrics::counter!("hazina_accept_errors_total").increment(1);
-            tokio::time::sleep(pause).await;
+            if out_of_resources(e) {
+                tokio::time::sleep(pause).await;
+            }
         }
         accepted
     })
+}
+
+/// Whether `accept` failed for want of something the whole process lacks, which a retry at
+/// once would meet again: file descriptors (the process's, EMFILE, or the system's, ENFILE),
+/// buffers or memory.
+fn out_of_resources(error: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(error.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
+        || error.kind() == std::io::ErrorKind::OutOfMemory
 }
 
 /// Open files asked for at start: the soft limit is raised to the hard one, this at most.
@@ -350,15 +366,19 @@ pub async fn run(
             .map_err(|e| format!("metrics on {addr}: {e}"))?;
         // process_cpu_seconds_total, process_open_fds, process_max_fds,
         // process_resident_memory_bytes and the others of Prometheus's own clients.
+        // Read from /proc on a thread of their own: counting the open files reads a
+        // directory of them.
         let process = metrics_process::Collector::default();
         process.describe();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(PROCESS_METRICS_EVERY);
-            loop {
-                every.tick().await;
-                process.collect();
-            }
-        });
+        std::thread::Builder::new()
+            .name("hazina-process".into())
+            .spawn(move || {
+                loop {
+                    process.collect();
+                    std::thread::sleep(PROCESS_METRICS_EVERY);
+                }
+            })
+            .map_err(|e| format!("process metrics thread: {e}"))?;
         tracing::info!(%addr, "metrics at /metrics");
     }
     let listen = args.listen_addr()?;
@@ -461,18 +481,39 @@ mod tests {
         assert!(accepted.nodelay().expect("read TCP_NODELAY"), "Nagle's algorithm is still on");
     }
 
-    /// Each failed accept is followed by the pause; connections that follow at once are not.
+    /// An accept that failed for want of file descriptors is followed by the pause; one that
+    /// failed for its own connection, and the connections that follow, are not.
     #[tokio::test(start_paused = true)]
-    async fn a_failed_accept_is_followed_by_a_pause() {
-        let error = || Err(std::io::Error::from_raw_os_error(24)); // EMFILE
-        let accepts = tokio_stream::iter([error(), Ok(1), Ok(2), error(), Ok(3)]);
+    async fn an_accept_out_of_descriptors_is_followed_by_a_pause() {
+        const ENFILE: i32 = 23;
+        const EMFILE: i32 = 24;
+        const ECONNABORTED: i32 = 103;
+        let error = |errno| Err(std::io::Error::from_raw_os_error(errno));
+        let accepts = tokio_stream::iter([
+            error(EMFILE),
+            Ok(1),
+            Ok(2),
+            error(ECONNABORTED),
+            Ok(3),
+            error(ENFILE),
+            Ok(4),
+        ]);
         let mut incoming = std::pin::pin!(paced_on_errors(accepts, Duration::from_millis(100)));
         let started = tokio::time::Instant::now();
         let mut got = Vec::new();
         while let Some(accepted) = incoming.next().await {
             got.push((accepted.ok(), started.elapsed().as_millis()));
         }
-        assert_eq!(got, [(None, 100), (Some(1), 100), (Some(2), 100), (None, 200), (Some(3), 200)]);
+        let expected = [
+            (None, 100),
+            (Some(1), 100),
+            (Some(2), 100),
+            (None, 100),
+            (Some(3), 100),
+            (None, 200),
+            (Some(4), 200),
+        ];
+        assert_eq!(got, expected);
     }
 
     /// The state's share of the limit of open files, and the flag that overrides it.
