@@ -248,7 +248,7 @@ pub fn init_tracing(args: &Args) {
 /// `tcp_nodelay` only to listeners it binds itself and ignores it for `serve_with_incoming`;
 /// with Nagle on, a reply written in more than one segment waited for the caller's delayed
 /// acknowledgement (40 ms on Linux), a p99.9 of about 45 ms at any load (docs/BENCHMARKS.md).
-/// A failed accept is followed by a pause ([`paced_on_errors`]).
+/// An accept that failed for want of descriptors is followed by a pause ([`paced_on_errors`]).
 fn accepted_without_delay(
     listener: tokio::net::TcpListener,
 ) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
@@ -297,8 +297,8 @@ const OPEN_FILES_WANTED: u64 = 1 << 20;
 
 /// Raises this process's soft limit of open files to its hard limit (at most
 /// [`OPEN_FILES_WANTED`]) and gives the limit in force, if it can be read. RocksDB keeps its
-/// table files open and every connection is a file: the usual soft limit of 1,024 is
-/// a week of history at a national operator's volume.
+/// table files open and every connection is a file: the usual soft limit of 1,024 is one to
+/// two weeks of history at a national operator's volume (ADR 0012).
 pub fn raise_open_files_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(OPEN_FILES_WANTED) {
         Ok(limit) => Some(limit),
