@@ -1625,15 +1625,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary folder");
         let options = StoreOptions { table_files_max: Some(64), ..StoreOptions::default() };
         drop(Store::open(dir.path(), &options).expect("open"));
-        let mut written: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("the folder")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|name| name.starts_with("OPTIONS-"))
-            .collect();
-        written.sort();
-        let last = written.last().expect("an options file");
-        let text = std::fs::read_to_string(dir.path().join(last)).expect("read it");
-        assert!(text.lines().any(|l| l.trim() == "max_open_files=64"), "{last}");
+        let bound = hazina_testkit::rocksdb_option(dir.path(), "max_open_files");
+        assert_eq!(bound.as_deref(), Some("64"));
     }
 
     /// An active wallet with these posted totals.

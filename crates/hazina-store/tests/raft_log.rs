@@ -123,14 +123,6 @@ fn a_log_of_another_group_is_refused() {
 fn the_log_bounds_its_open_table_files() {
     let dir = tempfile::tempdir().expect("temporary folder");
     drop(open(dir.path()));
-    let mut written: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("the folder")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("OPTIONS-"))
-        .collect();
-    written.sort();
-    let text = std::fs::read_to_string(dir.path().join(written.last().expect("an options file")))
-        .expect("read it");
-    let bound = format!("max_open_files={}", hazina_store::RAFT_LOG_FILES_OPEN_MAX);
-    assert!(text.lines().any(|l| l.trim() == bound), "{bound}");
+    let bound = hazina_testkit::rocksdb_option(dir.path(), "max_open_files");
+    assert_eq!(bound, Some(hazina_store::RAFT_LOG_FILES_OPEN_MAX.to_string()));
 }

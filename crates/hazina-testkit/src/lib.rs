@@ -34,6 +34,22 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     held.iter().map(|l| l.local_addr().expect("a bound listener").port()).collect()
 }
 
+/// The value of option `name` that RocksDB runs the database in `dir` with, as its latest
+/// options file (`OPTIONS-NNNNNN`, written at every open) records it; `None` if no such file
+/// or option.
+pub fn rocksdb_option(dir: &std::path::Path, name: &str) -> Option<String> {
+    let mut written: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|file| file.starts_with("OPTIONS-"))
+        .collect();
+    // The numbers are zero-padded: the last by name is the latest.
+    written.sort();
+    let text = std::fs::read_to_string(dir.join(written.last()?)).ok()?;
+    let prefix = format!("{name}=");
+    text.lines().find_map(|line| line.trim().strip_prefix(&prefix).map(str::to_owned))
+}
+
 /// The seeds a random test runs: `HAZINA_SEED` alone if set, else `cases` seeds derived from
 /// `base` (the count can be raised with `HAZINA_CASES`).
 pub fn seeds(base: u64, cases: usize) -> Vec<u64> {

@@ -15,20 +15,6 @@ fn value(body: &str, name: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// The `max_open_files` RocksDB runs the database in `dir` with: its latest options file's.
-fn max_open_files(dir: &std::path::Path) -> u64 {
-    let mut written: Vec<String> = std::fs::read_dir(dir)
-        .expect("the data folder")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("OPTIONS-"))
-        .collect();
-    written.sort();
-    let text = std::fs::read_to_string(dir.join(written.last().expect("an options file")))
-        .expect("read the options file");
-    let value = text.lines().find_map(|l| l.trim().strip_prefix("max_open_files="));
-    value.expect("max_open_files").parse().expect("a number")
-}
-
 /// The soft limit of open files of process `pid`, from `/proc`.
 fn open_files_limit(pid: u32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
@@ -52,7 +38,8 @@ async fn a_node_raises_its_open_files_limit_and_reports_its_process_figures() {
 
     let pid = server.pid().expect("running");
     assert_eq!(open_files_limit(pid), wanted, "started with {lowered}");
-    assert_eq!(max_open_files(&dir.path().join("data")), wanted / 2, "half for table files");
+    let bound = hazina_testkit::rocksdb_option(&dir.path().join("data"), "max_open_files");
+    assert_eq!(bound, Some((wanted / 2).to_string()), "half for table files");
     // The process figures are read once a second.
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
