@@ -284,10 +284,7 @@ fn paced_on_errors<T>(
 /// once would meet again: file descriptors (the process's, EMFILE, or the system's, ENFILE),
 /// buffers or memory.
 fn out_of_resources(error: &std::io::Error) -> bool {
-    const ENOMEM: i32 = 12;
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
+    use libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
     matches!(error.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
         || error.kind() == std::io::ErrorKind::OutOfMemory
 }
@@ -485,9 +482,7 @@ mod tests {
     /// failed for its own connection, and the connections that follow, are not.
     #[tokio::test(start_paused = true)]
     async fn an_accept_out_of_descriptors_is_followed_by_a_pause() {
-        const ENFILE: i32 = 23;
-        const EMFILE: i32 = 24;
-        const ECONNABORTED: i32 = 103;
+        use libc::{ECONNABORTED, EMFILE, ENFILE};
         let error = |errno| Err(std::io::Error::from_raw_os_error(errno));
         let accepts = tokio_stream::iter([
             error(EMFILE),
