@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod flow;
+pub mod limits;
 pub mod node;
 mod relay;
 pub mod server;

@@ -13,6 +13,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::{ClusterConfig, ClusterNode, PEER_MESSAGE_BYTES_MAX, Site};
+use crate::limits::{
+    CALL_TIME_MAX, CALLS_MAX, CONNECTIONS_MAX, CallsLimitLayer, PEER_CONNECTIONS_MAX, REFUSING_MAX,
+    STREAMS_PER_CONNECTION_MAX, bounded,
+};
 use crate::node::{Node, NodeConfig};
 use crate::service::{AdminService, Backend, LedgerService, MESSAGE_BYTES_MAX, PeerService};
 use hazina_proto::peer::peer_server::PeerServer;
@@ -132,6 +136,20 @@ pub struct Args {
     /// open a long history would run the process out of descriptors and stop its writes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(20..))]
     pub table_files_max: Option<u32>,
+    /// Client connections open at most. A connection past it is served for a second, every
+    /// call answered RESOURCE_EXHAUSTED naming this limit, then closed
+    /// (docs/adr/0013-bounded-callers.md).
+    #[arg(long, default_value_t = CONNECTIONS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections_max: u32,
+    /// Calls in progress on one client connection at most (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS): the client queues the calls past it on its side.
+    #[arg(long, default_value_t = STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub streams_per_connection_max: u32,
+    /// Ledger calls in progress at most, over all connections. Each holds its request (up to
+    /// 4 MiB) from its first byte to its answer; past it a call gets RESOURCE_EXHAUSTED at
+    /// once. Health, reflection and admin calls are not counted.
+    #[arg(long, default_value_t = CALLS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    pub calls_max: u32,
     /// Threads serving gRPC. With 1 (the default) a current-thread runtime: the callers a
     /// group of entries answers all run before their connection's task, which then writes
     /// their responses in one system call (in run A, 760 `writev` a second instead of 30,000,
@@ -398,9 +416,10 @@ pub async fn run(
                 .await
                 .map_err(|e| format!("cannot listen for peers on {peer_addr}: {e}"))?;
             tracing::info!(addr = %peer_addr, "serving hazina.peer.v1");
-            let server = tonic::transport::Server::builder()
-                .add_service(peers)
-                .serve_with_incoming(accepted_without_delay(listener));
+            let server =
+                tonic::transport::Server::builder().add_service(peers).serve_with_incoming(
+                    bounded(accepted_without_delay(listener), PEER_CONNECTIONS_MAX, 0, "peer"),
+                );
             (Backend::Cluster(node), Some(tokio::spawn(server)))
         }
     };
@@ -430,14 +449,27 @@ pub async fn run(
         std::fs::write(&temporary, addr.to_string())?;
         std::fs::rename(&temporary, path)?;
     }
+    let connections_max = usize::try_from(args.connections_max)?;
+    let calls_max = usize::try_from(args.calls_max)?;
+    tracing::info!(
+        connections_max,
+        streams_per_connection_max = args.streams_per_connection_max,
+        calls_max,
+        "callers bounded"
+    );
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(args.streams_per_connection_max)
+        .layer(CallsLimitLayer::new(calls_max, CALL_TIME_MAX))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(ledger)
         .add_service(admin)
-        .serve_with_incoming_shutdown(accepted_without_delay(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            bounded(accepted_without_delay(listener), connections_max, REFUSING_MAX, "api"),
+            shutdown,
+        )
         .await?;
     health.set_not_serving::<LedgerServer<LedgerService>>().await;
     if let Some(server) = peer_server {
