@@ -14,7 +14,7 @@ use hazina_core::codec::{self, CodecError};
 use hazina_core::{
     Account, ApplyError, Command, Ledger, LedgerConfig, ResultCode, Timestamp, Transfer,
 };
-use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use crate::log::{LogStore, WriteError};
@@ -266,6 +266,12 @@ pub struct Replica<S: LogStore> {
     snapshot_index: u64,
     /// The index of a snapshot the host is encoding, if any.
     snapshot_taking: Option<u64>,
+    /// The term of the last leader that handed leadership here (raft's `MsgTimeoutNow`), 0 if
+    /// none did.
+    handed_over_in: u64,
+    /// Ticks since start, and the tick at which each other replica was last heard from.
+    ticks: u64,
+    heard_at: Vec<(u64, u64)>,
 }
 
 /// A copy of the ledger at an applied index, for the host to encode
@@ -357,17 +363,28 @@ impl<S: LogStore> Replica<S> {
             log_keep: config.log_keep.max(1),
             snapshot_index,
             snapshot_taking: None,
+            handed_over_in: 0,
+            ticks: 0,
+            heard_at: Vec::new(),
         })
     }
 
     /// Advances raft's clock by one tick.
     pub fn tick(&mut self) {
+        self.ticks += 1;
         self.node.tick();
     }
 
     /// Hands in a message from another replica. Messages from unknown peers and stale ones are
     /// dropped by raft; the error says why, and the host may ignore it.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        if message.get_msg_type() == MessageType::MsgTimeoutNow {
+            self.handed_over_in = message.term;
+        }
+        match self.heard_at.iter_mut().find(|(from, _)| *from == message.from) {
+            Some((_, at)) => *at = self.ticks,
+            None => self.heard_at.push((message.from, self.ticks)),
+        }
         self.node.step(message)
     }
 
@@ -743,6 +760,39 @@ impl<S: LogStore> Replica<S> {
         let mut out: Vec<(u64, u64)> = raft.prs().iter().map(|(&id, p)| (id, p.matched)).collect();
         out.sort_unstable();
         out
+    }
+
+    /// Whether this replica leads because the leader before it handed leadership over (a
+    /// switchover: raft's `MsgTimeoutNow`, then a won election in the next term), rather than
+    /// by an election of its own. False when it does not lead.
+    pub fn leads_by_handover(&self) -> bool {
+        let raft = &self.node.raft;
+        raft.state == StateRole::Leader
+            && self.handed_over_in > 0
+            && self.handed_over_in + 1 == raft.term
+    }
+
+    /// On the leader, whether voter `id` is in touch (heard from within raft's lease, the
+    /// election ticks), receiving entries as they come (not probed, not sent a snapshot) and at
+    /// most `lag_max` entries behind the leader's last index. False elsewhere. (Raft's own
+    /// `recent_active` is cleared at every check of the quorum, so it reads false for a moment
+    /// once a lease even for a follower in touch.)
+    pub fn is_up_to_date(&self, id: u64, lag_max: u64) -> bool {
+        let raft = &self.node.raft;
+        if raft.state != StateRole::Leader {
+            return false;
+        }
+        let lease = raft.election_timeout() as u64;
+        let in_touch = self
+            .heard_at
+            .iter()
+            .any(|&(from, at)| from == id && self.ticks.saturating_sub(at) <= lease);
+        let last = raft.raft_log.last_index();
+        in_touch
+            && raft.prs().get(id).is_some_and(|p| {
+                p.state == raft::ProgressState::Replicate
+                    && p.matched.saturating_add(lag_max) >= last
+            })
     }
 
     /// Whether a leadership transfer is under way (proposals are refused meanwhile).

@@ -69,6 +69,9 @@ const ROUND_INPUTS_MAX: usize = 4_096;
 const APPLY_BACKLOG_BYTES_MAX: u64 = 2 << 20;
 /// How long a switchover may take before the operator is told it did not happen.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Entries the preferred site may be behind and still count as up to date for a hand-back
+/// (raft's transfer then waits for it to hold the whole log).
+const HAND_BACK_LAG_MAX: u64 = 1_000;
 
 /// One site of the group: its raft id and addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +110,10 @@ pub struct ClusterConfig {
     /// The site preferred as primary: it has the shortest election timeout, so it wins
     /// elections when it is healthy.
     pub preferred_site: u64,
+    /// A primary that is not the preferred site and got there by an election (not by an
+    /// operator's switchover) hands the primary back to the preferred site once that site has
+    /// been up to date for this long; `None`: never.
+    pub hand_back_after: Option<Duration>,
     pub ledger: LedgerConfig,
     pub queue_commands_max: usize,
     /// Raft's clock: one tick every this long.
@@ -395,6 +402,10 @@ impl ClusterNode {
             deferred_reads: Vec::new(),
             reads_term: 0,
             switchover: None,
+            preferred_site: config.preferred_site,
+            hand_back_after: config.hand_back_after,
+            preferred_up_to_date_since: None,
+            handing_back: None,
             last_role: (status.role, status.leader, status.term),
             last_change: format!("started as {:?} in term {}", status.role, status.term),
             last_change_unix_ms: unix_ms(),
@@ -803,6 +814,13 @@ struct Driver {
     /// when it equals the current term.
     reads_term: u64,
     switchover: Option<SwitchoverWait>,
+    preferred_site: u64,
+    hand_back_after: Option<Duration>,
+    /// Since when the preferred site has been up to date, while this site is a primary that
+    /// would hand back to it.
+    preferred_up_to_date_since: Option<Instant>,
+    /// A hand-back under way, since when.
+    handing_back: Option<Instant>,
     last_role: (StateRole, Option<u64>, u64),
     last_change: String,
     last_change_unix_ms: u64,
@@ -856,6 +874,7 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.replica.tick();
+                self.consider_hand_back();
                 next_tick += self.tick;
                 if next_tick < now {
                     // Far behind (a long write): tick once, not a burst that would read as a
@@ -1043,6 +1062,39 @@ impl Driver {
             last_change: self.last_change.clone(),
             last_change_unix_ms: self.last_change_unix_ms,
             snapshots_installed: self.snapshots_installed,
+        }
+    }
+
+    /// On a primary that is not the preferred site and got there by an election: once the
+    /// preferred site has been up to date for `hand_back_after`, hands the primary back to it,
+    /// as a switchover would (ADR 0004). A primary an operator switched to stays.
+    fn consider_hand_back(&mut self) {
+        let Some(after) = self.hand_back_after else { return };
+        if let Some(started) = self.handing_back {
+            if started.elapsed() > SWITCHOVER_TIMEOUT {
+                tracing::warn!(to = self.preferred_site, "the hand-back did not happen");
+                self.handing_back = None;
+            }
+            return;
+        }
+        let would_hand_back = self.site_id != self.preferred_site
+            && self.switchover.is_none()
+            && self.replica.transferring_to().is_none()
+            && !self.replica.leads_by_handover()
+            && self.replica.is_up_to_date(self.preferred_site, HAND_BACK_LAG_MAX);
+        if !would_hand_back {
+            self.preferred_up_to_date_since = None;
+            return;
+        }
+        let since = *self.preferred_up_to_date_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= after {
+            tracing::info!(
+                to = self.preferred_site,
+                "handing the primary back to the preferred site"
+            );
+            self.preferred_up_to_date_since = None;
+            self.handing_back = Some(Instant::now());
+            self.replica.transfer_leader(self.preferred_site);
         }
     }
 
@@ -1313,9 +1365,23 @@ impl Driver {
                 let leader = status.leader.unwrap_or(0);
                 let by_operator = self.switchover.as_ref().is_some_and(|s| s.to == leader)
                     || (was_role == StateRole::Leader && self.switchover.is_some());
+                let handed_back =
+                    self.handing_back.take().is_some() && leader == self.preferred_site;
                 self.last_change = if by_operator {
                     format!(
                         "switchover to site {leader} in term {} requested by an operator",
+                        status.term
+                    )
+                } else if handed_back {
+                    format!(
+                        "handed back to the preferred site {leader} in term {}, up to date for \
+                         {} s",
+                        status.term,
+                        self.hand_back_after.unwrap_or_default().as_secs()
+                    )
+                } else if leader == self.site_id && self.replica.leads_by_handover() {
+                    format!(
+                        "site {leader} took over in term {}, handed over by the primary",
                         status.term
                     )
                 } else {

@@ -49,6 +49,11 @@ pub struct Args {
     /// The site preferred as primary: it wins elections when healthy (default: the lowest id).
     #[arg(long)]
     pub preferred_site: Option<u64>,
+    /// Seconds the preferred site must be up to date before a primary elected elsewhere hands
+    /// the primary back to it (after a cold start it lost, or a failover). A primary that an
+    /// operator switched to stays. 0: never.
+    #[arg(long, default_value_t = 30)]
+    pub hand_back_after_s: u64,
     /// Milliseconds per raft tick.
     #[arg(long, default_value_t = 20)]
     pub tick_ms: u64,
@@ -202,6 +207,8 @@ impl Args {
             site_id,
             sites: self.sites.clone(),
             preferred_site,
+            hand_back_after: (self.hand_back_after_s > 0)
+                .then(|| Duration::from_secs(self.hand_back_after_s)),
             ledger: LedgerConfig {
                 transfers_generation_max: self.generation_max.unwrap_or(0),
                 transfers_capacity: self.records_capacity,

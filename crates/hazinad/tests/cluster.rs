@@ -3,6 +3,8 @@
 //! - the primary is killed with SIGKILL: a standby takes over, writes go on, and once the
 //!   killed site is back and has caught up every site holds the same state;
 //! - an operator switches the primary to a standby and back, under load;
+//! - the preferred site, killed and restarted, gets the primary back from the site elected
+//!   meanwhile, but not from a site an operator switched to;
 //! - a standby is killed after a snapshot and restarted, then made primary: its statements
 //!   still hold every line (a restart replays only the log after the snapshot);
 //! - the primary is cut off from both standbys (its raft traffic runs through forwarders the
@@ -37,8 +39,10 @@ const BANK: u128 = 1;
 const WALLETS: u128 = 60;
 const MERCHANTS: u128 = 4;
 const CALLERS: usize = 8;
-/// Raft's clock in these tests: elections within a few hundred milliseconds.
-const FLAGS: &[&str] = &["--tick-ms", "20", "--snapshot-every", "200", "--log-keep", "50"];
+/// Raft's clock in these tests: elections within a few hundred milliseconds; the preferred site
+/// gets the primary back a second after it is up to date.
+const FLAGS: &[&str] =
+    &["--tick-ms", "20", "--snapshot-every", "200", "--log-keep", "50", "--hand-back-after-s", "1"];
 
 fn wallet(k: u128) -> u128 {
     254_700_000_000 + k
@@ -293,9 +297,9 @@ async fn switchover_under_load_moves_the_primary_and_back() {
     let seed = seed();
     let dir = tempfile::tempdir().expect("temporary folder");
     let cluster = Cluster::start(dir.path(), FLAGS);
-    let primary = cluster.primary(Duration::from_secs(20)).await;
-    // Site 1 is preferred (the lowest id) and wins the first election.
-    assert_eq!(primary, 1, "the preferred site should be primary");
+    // Site 1 is preferred (the lowest id): it wins the first election, or gets the primary
+    // back a second after it is up to date if its start came too late.
+    cluster.primary_is(1, Duration::from_secs(20)).await;
     let client = Client::connect(&cluster.addrs()).await.expect("connect");
     setup(&client).await;
 
@@ -349,6 +353,54 @@ async fn switchover_under_load_moves_the_primary_and_back() {
         Some(cluster.api[0].as_str()),
         "{status:?}"
     );
+}
+
+/// The status of `site` among `statuses`.
+fn status_of(
+    statuses: &[Option<hazina_client::proto::v1::GetStatusReply>],
+    site: u64,
+) -> &hazina_client::proto::v1::GetStatusReply {
+    statuses[usize::try_from(site - 1).expect("small")].as_ref().expect("the site answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preferred_site_gets_the_primary_back_unless_an_operator_moved_it() {
+    let seed = seed();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut cluster = Cluster::start(dir.path(), FLAGS);
+    cluster.primary_is(1, Duration::from_secs(20)).await;
+    let client = Client::connect(&cluster.addrs()).await.expect("connect");
+    setup(&client).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (load, _began, tasks) = start_load(&client, seed, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The preferred site fails: another is elected, and hands the primary back to it once it
+    // is back and up to date (--hand-back-after-s 1), under load.
+    cluster.kill(1);
+    let elected = cluster.primary(Duration::from_secs(10)).await;
+    assert_ne!(elected, 1);
+    cluster.restart(1);
+    cluster.primary_is(1, Duration::from_secs(30)).await;
+    let statuses = cluster.statuses().await;
+    let change = &status_of(&statuses, elected).last_change;
+    assert!(change.contains("handed back to the preferred site 1"), "site {elected}: {change}");
+
+    // An operator's choice stays: three times the hand-back's delay later, site 2 still leads.
+    let done = client.switchover(2).await.expect("switchover");
+    assert_eq!(done.leader_site, 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cluster.primary(Duration::from_secs(10)).await, 2);
+    let statuses = cluster.statuses().await;
+    let change = &status_of(&statuses, 2).last_change;
+    assert!(change.contains("handed over by the primary"), "site 2: {change}");
+
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    cluster.converged(Duration::from_secs(20)).await;
+    verify(&client, &load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -402,6 +402,19 @@ impl Cluster {
         }
     }
 
+    /// Waits until `site` is the one primary and every running site knows it.
+    pub async fn primary_is(&self, site: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let primary = self.primary(deadline.saturating_duration_since(Instant::now())).await;
+            if primary == site {
+                return;
+            }
+            assert!(Instant::now() < deadline, "site {site} not primary within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `site` has taken a snapshot past `index`; returns the snapshot's index.
     pub async fn snapshot_past(&self, site: u64, index: u64, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
