@@ -3,10 +3,25 @@
 //! Amounts are given and shown in shillings with up to two decimals (`250.50`), and carried as
 //! integer cents: no floating point anywhere.
 
-// A command-line tool prints its answers.
-#![allow(clippy::print_stdout)]
-
 use std::process::ExitCode;
+
+/// Prints a line to standard output, as `println!` does; but a closed pipe (`hazina admin
+/// status | head -1`) ends the process quietly with the status a shell gives a command that
+/// SIGPIPE ended (141), as other command-line tools do, where `println!` panics.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(PIPE_CLOSED);
+            }
+            panic!("failed printing to stdout: {e}");
+        }
+    }};
+}
+
+/// The exit status after a write to a closed pipe: 128 + SIGPIPE.
+const PIPE_CLOSED: i32 = 141;
 
 use clap::{Parser, Subcommand};
 use hazina_client::Client;
@@ -118,9 +133,16 @@ enum AdminAction {
 
 /// `hazina admin status`: asks every site on its own, so that one that is down shows as such.
 async fn admin_status(addrs: &str) -> ExitCode {
-    println!(
+    out!(
         "{:<24} {:>4} {:<9} {:>6} {:>10} {:>10} {:>10} {:>7}  last change",
-        "address", "site", "role", "term", "last", "commit", "applied", "primary"
+        "address",
+        "site",
+        "role",
+        "term",
+        "last",
+        "commit",
+        "applied",
+        "primary"
     );
     let mut primaries = 0;
     let mut lags = Vec::new();
@@ -144,7 +166,7 @@ async fn admin_status(addrs: &str) -> ExitCode {
                     primaries += 1;
                     lags = s.sites.clone();
                 }
-                println!(
+                out!(
                     "{addr:<24} {:>4} {role:<9} {:>6} {:>10} {:>10} {:>10} {:>7}  {}",
                     s.site_id,
                     s.term,
@@ -156,18 +178,20 @@ async fn admin_status(addrs: &str) -> ExitCode {
                 );
                 snapshots.push((s.site_id, s.snapshot_index, s.snapshots_installed));
             }
-            Err(e) => println!("{addr:<24} unreachable: {e}"),
+            Err(e) => out!("{addr:<24} unreachable: {e}"),
         }
     }
     for (site, index, installed) in snapshots {
-        println!(
+        out!(
             "site {site} keeps its log after snapshot {index}; installed {installed} from the primary"
         );
     }
     for site in &lags {
-        println!(
+        out!(
             "site {} matches the primary's log up to {} ({} entries behind)",
-            site.site_id, site.match_index, site.lag_entries
+            site.site_id,
+            site.match_index,
+            site.lag_entries
         );
     }
     if primaries == 1 { ExitCode::SUCCESS } else { ExitCode::from(2) }
@@ -247,7 +271,7 @@ fn parse_type(text: &str) -> Result<u16, String> {
 /// Prints one result per line; the exit code says whether all were applied.
 fn report(results: &[ResultCode]) -> ExitCode {
     for result in results {
-        println!("{} ({})", result.name(), *result as u16);
+        out!("{} ({})", result.name(), *result as u16);
     }
     if results.iter().all(|r| r.is_applied()) { ExitCode::SUCCESS } else { ExitCode::from(2) }
 }
@@ -260,9 +284,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let code = match cli.command {
         Action::Admin { action: AdminAction::Switchover { to } } => {
             let done = client.switchover(to).await?;
-            println!(
+            out!(
                 "site {} is primary in term {}; writes paused {} ms",
-                done.leader_site, done.term, done.pause_ms
+                done.leader_site,
+                done.term,
+                done.pause_ms
             );
             ExitCode::SUCCESS
         }
@@ -271,14 +297,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Action::Status => {
             let s = client.status().await?;
             let digest = hazina_client::proto::u128_from_wire(s.digest.as_ref());
-            println!("version          {}", s.version);
-            println!("commit index     {}", s.commit_index);
-            println!("checkpoint index {}", s.checkpoint_index);
-            println!("term             {}", s.term);
-            println!("accounts         {}", s.accounts);
-            println!("queued commands  {}", s.queued_commands);
-            println!("last timestamp   {}", s.timestamp_last);
-            println!("digest           {digest:032x}");
+            out!("version          {}", s.version);
+            out!("commit index     {}", s.commit_index);
+            out!("checkpoint index {}", s.checkpoint_index);
+            out!("term             {}", s.term);
+            out!("accounts         {}", s.accounts);
+            out!("queued commands  {}", s.queued_commands);
+            out!("last timestamp   {}", s.timestamp_last);
+            out!("digest           {digest:032x}");
             ExitCode::SUCCESS
         }
         Action::CreateAccount { id, kind, may_go_negative, overdraft, limit_profile, currency } => {
@@ -324,7 +350,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Action::Account { ids } => {
             let accounts = client.lookup_accounts(&ids).await?;
             for a in &accounts {
-                println!(
+                out!(
                     "{}  kind {}  {:?}  balance {}  held out {}  held in {}  holds {}  today {}",
                     a.id,
                     a.kind,
@@ -341,7 +367,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Action::LookupTransfer { ids } => {
             let transfers = client.lookup_transfers(&ids).await?;
             for t in &transfers {
-                println!(
+                out!(
                     "{}  {} -> {}  {}  type {}  {} ({})  hold {:?}  at {}",
                     t.new.id,
                     t.new.debit_account_id,
@@ -358,10 +384,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Action::Statement { id, from, limit } => {
             let page = client.history(id, from, limit).await?;
-            println!("opening balance {}", signed_shillings(page.opening_balance));
+            out!("opening balance {}", signed_shillings(page.opening_balance));
             for e in &page.entries {
                 let sign = if e.credit { "+" } else { "-" };
-                println!(
+                out!(
                     "{}  {}  {sign}{:>14}  balance {:>14}  type {}  with {}",
                     e.timestamp,
                     e.transfer_id,
@@ -372,7 +398,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 );
             }
             if let Some(next) = page.next_from {
-                println!("more: --from {next}");
+                out!("more: --from {next}");
             }
             ExitCode::SUCCESS
         }
