@@ -1067,7 +1067,7 @@ impl Driver {
 
     /// On a primary that is not the preferred site and got there by an election: once the
     /// preferred site has been up to date for `hand_back_after`, hands the primary back to it,
-    /// as a switchover would (ADR 0004). A primary an operator switched to stays.
+    /// as a switchover would (ADR 0014). A primary an operator switched to stays.
     fn consider_hand_back(&mut self) {
         let Some(after) = self.hand_back_after else { return };
         if let Some(started) = self.handing_back {

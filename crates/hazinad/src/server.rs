@@ -151,8 +151,8 @@ pub struct Args {
     #[arg(long, default_value_t = STREAMS_PER_CONNECTION_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub streams_per_connection_max: u32,
     /// Ledger calls in progress at most, over all connections. Each holds its request (up to
-    /// 4 MiB) from its first byte to its answer; past it a call gets RESOURCE_EXHAUSTED at
-    /// once. Health, reflection and admin calls are not counted.
+    /// 4 MiB) from its headers to its answer; past it a call gets RESOURCE_EXHAUSTED at once.
+    /// GetStatus, health, reflection and admin calls are not counted.
     #[arg(long, default_value_t = CALLS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     pub calls_max: u32,
     /// Threads serving gRPC. With 1 (the default) a current-thread runtime: the callers a
@@ -595,5 +595,17 @@ mod tests {
         assert_eq!(site.ledger.accounts_capacity, 12_000_000);
         assert_eq!(site.statements_every, 500_000);
         assert_eq!(site.ledger.transfers_generation_max, 0, "a site keeps every record");
+        assert_eq!(site.hand_back_after, Some(Duration::from_secs(30)), "the default");
+        let never = Args::parse_from([
+            "hazinad",
+            "--site-id",
+            "1",
+            "--site",
+            "1=127.0.0.1:7401,127.0.0.1:7411",
+            "--hand-back-after-s",
+            "0",
+        ]);
+        let site = never.cluster_config().expect("valid").expect("a site of a group");
+        assert_eq!(site.hand_back_after, None, "0: never");
     }
 }
