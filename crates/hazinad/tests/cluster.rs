@@ -285,7 +285,7 @@ async fn failover_after_kill_of_the_primary_loses_nothing() {
     // It was down for longer than the primary keeps its log behind a snapshot (--log-keep 50,
     // a snapshot every 200 entries): it caught up from the primary's snapshot, then the log.
     let statuses = cluster.statuses().await;
-    let rejoined = statuses[usize::try_from(primary - 1).expect("small")].as_ref().expect("up");
+    let rejoined = status_of(&statuses, primary);
     assert!(rejoined.snapshots_installed >= 1, "{rejoined:?}");
     // One site leads (which one is not asserted: see the isolation test).
     cluster.primary(Duration::from_secs(10)).await;
@@ -465,7 +465,7 @@ async fn an_isolated_primary_acknowledges_nothing_more_and_rejoins_as_a_standby(
     println!("primary {primary} cut off; writes answered again after {} ms", resumed - cut_at);
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let statuses = cluster.statuses().await;
-    let old = statuses[usize::try_from(primary - 1).expect("small")].as_ref().expect("answers");
+    let old = status_of(&statuses, primary);
     assert_ne!(old.role, hazina_client::proto::v1::Role::Primary as i32, "{old:?}");
     cluster.isolate(primary, false);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, free_ports, scrape};
+use common::{Server, free_ports, metric, scrape};
 use hazina_client::proto::v1 as pb;
 use pb::ledger_client::LedgerClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,11 +46,6 @@ const ACK: u8 = 0x1;
 async fn lookup(channel: &Channel) -> Result<(), tonic::Status> {
     let mut client = LedgerClient::new(channel.clone());
     client.lookup_accounts(pb::LookupAccountsRequest { ids: vec![] }).await.map(|_| ())
-}
-
-/// A counter or gauge of the Prometheus text `body`, by its whole name with labels.
-fn value(body: &str, name: &str) -> Option<f64> {
-    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -168,11 +163,11 @@ async fn a_node_bounds_its_connections_streams_and_calls() {
     }
 
     let body = scrape(&metrics).await;
-    let refused = value(&body, "hazina_connections_refused_total{listener=\"api\"}");
+    let refused = metric(&body, "hazina_connections_refused_total{listener=\"api\"}");
     assert!(refused.is_some_and(|n| n >= 2.0), "connections refused: {refused:?}");
-    let shed = value(&body, "hazina_requests_rejected_total{reason=\"calls_max\"}");
+    let shed = metric(&body, "hazina_requests_rejected_total{reason=\"calls_max\"}");
     assert!(shed.is_some_and(|n| n >= 1.0), "calls refused: {shed:?}");
-    let open = value(&body, "hazina_connections{listener=\"api\"}");
+    let open = metric(&body, "hazina_connections{listener=\"api\"}");
     assert!(open.is_some_and(|n| (1.0..=3.0).contains(&n)), "connections open: {open:?}");
     drop(held);
     h2_task.abort();

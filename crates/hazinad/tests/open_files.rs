@@ -8,12 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, free_ports, scrape};
-
-/// A value of the Prometheus text `body`: the line that starts with `name` and a space.
-fn value(body: &str, name: &str) -> Option<f64> {
-    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
+use common::{Server, free_ports, metric, scrape};
 
 /// The soft limit of open files of process `pid`, from `/proc`.
 fn open_files_limit(pid: u32) -> u64 {
@@ -44,14 +39,14 @@ async fn a_node_raises_its_open_files_limit_and_reports_its_process_figures() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         let body = scrape(&metrics).await;
-        if value(&body, "process_open_fds").is_some() || Instant::now() > deadline {
+        if metric(&body, "process_open_fds").is_some() || Instant::now() > deadline {
             break body;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(value(&body, "process_max_fds"), Some(wanted as f64));
-    let open = value(&body, "process_open_fds").expect("process_open_fds");
+    assert_eq!(metric(&body, "process_max_fds"), Some(wanted as f64));
+    let open = metric(&body, "process_open_fds").expect("process_open_fds");
     // RocksDB's files, the listeners, the log: some, and far under the limit.
     assert!(open > 5.0 && open < wanted as f64, "{open} files open");
-    assert!(value(&body, "process_resident_memory_bytes").is_some_and(|bytes| bytes > 0.0));
+    assert!(metric(&body, "process_resident_memory_bytes").is_some_and(|bytes| bytes > 0.0));
 }

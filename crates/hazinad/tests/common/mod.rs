@@ -162,6 +162,12 @@ pub async fn scrape(addr: &str) -> String {
     body
 }
 
+/// A counter's or gauge's value in the Prometheus text `body`: the line that starts with
+/// `name` (its labels included, as the exporter writes them) and a space.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A TCP forwarder on 127.0.0.1 standing for one direction of a link between two sites: cut,
 /// it drops its connections and every new one, as a network partition would.
 #[derive(Debug)]
